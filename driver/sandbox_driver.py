@@ -1,0 +1,526 @@
+"""sandboxkit's in-sandbox driver: the far end of the driver protocol (docs/protocol.md).
+
+One file, standard library only, Python 3.8+. The host sends this source over stdin and the
+sandbox's Python runs it, so no image needs sandboxkit installed. It keeps one persistent
+namespace, runs the code the host sends, relays tool calls to the host and reports results.
+
+The protocol travels on private duplicates of the original stdin/stdout; file descriptors 0, 1
+and 2 are re-pointed (0 to /dev/null, 1 and 2 to a capture pipe) so nothing user code, C
+extensions or child processes write can reach the protocol stream.
+"""
+
+import ast
+import json
+import linecache
+import os
+import signal
+import sys
+import threading
+import traceback
+
+PROTOCOL_VERSION = 1
+_CHUNK = 1 << 16
+_FILE_PREFIX = "<sandbox-"
+_DRIVER_FILE = "sandboxkit_driver.py"
+
+
+class _Submitted(BaseException):
+    """Raised by SUBMIT to unwind user code; carries the submitted fields."""
+
+    def __init__(self, fields):
+        BaseException.__init__(self)
+        self.fields = fields
+
+
+class _Interrupted(BaseException):
+    """Raised in user code when the host interrupts an execute that ran past its timeout."""
+
+
+class ToolError(RuntimeError):
+    """Raised in sandbox code when a host tool fails; the message is 'ExceptionType: message'."""
+
+
+class Channel(object):
+    """The protocol stream: JSON lines on private copies of the original fds 0 and 1."""
+
+    def __init__(self):
+        self.in_fd = os.dup(0)
+        self.out_fd = os.dup(1)
+        self.diag_fd = os.dup(2)
+        for fd in (self.in_fd, self.out_fd, self.diag_fd):
+            os.set_inheritable(fd, False)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        self.reader = os.fdopen(self.in_fd, "rb", buffering=_CHUNK)
+        self.lock = threading.Lock()
+
+    def send(self, message):
+        data = (json.dumps(message, separators=(",", ":"), default=_unserializable) + "\n").encode("utf-8")
+        with self.lock:
+            view = memoryview(data)
+            while view:
+                written = os.write(self.out_fd, view)
+                view = view[written:]
+
+    def receive(self):
+        line = self.reader.readline()
+        if not line:
+            return None
+        message = json.loads(line.decode("utf-8"))
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise ValueError("protocol messages must be JSON objects with a 'type'")
+        return message
+
+    def diagnose(self, text):
+        try:
+            os.write(self.diag_fd, text.encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+
+def _unserializable(value):
+    raise TypeError("Object of type %s is not JSON serializable" % type(value).__name__)
+
+
+class OutputCapture(object):
+    """Points fds 1 and 2 at a pipe drained by a thread that keeps at most ``limit`` bytes."""
+
+    def __init__(self):
+        read_fd, write_fd = os.pipe()
+        os.set_inheritable(read_fd, False)
+        os.dup2(write_fd, 1)
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self.read_fd = read_fd
+        self.cond = threading.Condition()
+        self.kept = []
+        self.kept_size = 0
+        self.dropped = 0
+        self.limit = 1000000
+        self.marker = None
+        self.tail = b""
+        self.seen_marker = False
+        self._pending_after_marker = b""
+        for name in ("stdout", "stderr"):
+            stream = os.fdopen(1 if name == "stdout" else 2, "w", encoding="utf-8", errors="backslashreplace",
+                               buffering=1, closefd=False)
+            setattr(sys, name, stream)
+            setattr(sys, "__%s__" % name, stream)
+        thread = threading.Thread(target=self._drain, name="sandboxkit-output", daemon=True)
+        thread.start()
+
+    def _keep(self, data):
+        room = self.limit - self.kept_size
+        if room > 0:
+            self.kept.append(data[:room])
+            self.kept_size += min(room, len(data))
+        if len(data) > room:
+            self.dropped += len(data) - max(room, 0)
+
+    def _drain(self):
+        while True:
+            try:
+                data = os.read(self.read_fd, _CHUNK)
+            except OSError:
+                return
+            if not data:
+                return
+            with self.cond:
+                if self.marker is None:
+                    self._keep(data)
+                    continue
+                buffered = self.tail + data
+                index = buffered.find(self.marker)
+                if index < 0:
+                    keep_back = len(self.marker) - 1
+                    self._keep(buffered[:-keep_back] if len(buffered) > keep_back else b"")
+                    self.tail = buffered[-keep_back:] if len(buffered) > keep_back else buffered
+                    continue
+                self._keep(buffered[:index])
+                rest = buffered[index + len(self.marker):]
+                self.marker = None
+                self.tail = b""
+                self.seen_marker = True
+                self.cond.notify_all()
+                if rest:
+                    self._pending_after_marker = rest
+
+    def begin(self, limit):
+        """Start a new execute's capture (output written since the last one counts toward it)."""
+        with self.cond:
+            self.limit = limit
+            pending = self._pending_after_marker
+            self._pending_after_marker = b""
+            self.kept, self.kept_size, self.dropped = [], 0, 0
+            if pending:
+                self._keep(pending)
+
+    def collect(self):
+        """Flush Python's streams, wait until everything written so far is drained, return it."""
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        marker = b"\x00sandboxkit-sync-" + os.urandom(8).hex().encode("ascii") + b"\x00"
+        with self.cond:
+            self.marker = marker
+            self.seen_marker = False
+        try:
+            os.write(1, marker)
+        except OSError:
+            with self.cond:
+                self.marker = None
+        with self.cond:
+            self.cond.wait_for(lambda: self.seen_marker or self.marker is None, timeout=5.0)
+            self.marker = None
+            text = b"".join(self.kept).decode("utf-8", "replace")
+            dropped = self.dropped
+            self.kept, self.kept_size, self.dropped = [], 0, 0
+        return text, dropped
+
+
+class PendingCall(object):
+    """A tool call waiting for the host's reply."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.reply = None
+
+
+class Driver(object):
+    def __init__(self, channel, capture):
+        self.channel = channel
+        self.capture = capture
+        self.namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+        self.commands = []
+        self.commands_ready = threading.Condition()
+        self.pending = {}
+        self.pending_lock = threading.Lock()
+        self.exec_id = None
+        self.interruptible = False
+        self.interrupt_requested = False
+        self.tool_names = set()
+        self.output_fields = None
+        self.cache = {}
+        self.cache_key_of = {}
+        self.submission = None
+        self.main_ident = threading.get_ident()
+        self.host_gone = False
+        self.counter = 0
+
+    # -- host messages -------------------------------------------------------------------
+    def read_host(self):
+        try:
+            while True:
+                message = self.channel.receive()
+                if message is None:
+                    break
+                kind = message["type"]
+                if kind == "tool_result":
+                    with self.pending_lock:
+                        call = self.pending.get(message.get("id"))
+                    if call is not None:
+                        call.reply = message
+                        call.event.set()
+                elif kind == "interrupt":
+                    if message.get("id") == self.exec_id and self.exec_id is not None:
+                        self.interrupt_requested = True
+                        if self.interruptible:
+                            signal.pthread_kill(self.main_ident, signal.SIGUSR1)
+                else:
+                    self._queue(message)
+        except Exception as exc:
+            self.channel.diagnose("sandboxkit driver: bad message from host: %s: %s\n" % (type(exc).__name__, exc))
+        self.host_gone = True
+        with self.pending_lock:
+            calls = list(self.pending.values())
+        for call in calls:
+            call.event.set()
+        self._queue(None)
+
+    def _queue(self, message):
+        with self.commands_ready:
+            self.commands.append(message)
+            self.commands_ready.notify()
+
+    def next_command(self):
+        with self.commands_ready:
+            while not self.commands:
+                self.commands_ready.wait()
+            return self.commands.pop(0)
+
+    def on_interrupt_signal(self, signum, frame):
+        if self.interruptible and self.interrupt_requested:
+            self.interrupt_requested = False
+            raise _Interrupted()
+
+    # -- sandbox-side API ------------------------------------------------------------------
+    def call_tool(self, name, args, kwargs):
+        exec_id = self.exec_id
+        if exec_id is None:
+            raise ToolError("RuntimeError: tools can only be called while an execute is running")
+        call_id = os.urandom(12).hex()
+        call = PendingCall()
+        with self.pending_lock:
+            self.pending[call_id] = call
+        try:
+            try:
+                self.channel.send({"type": "tool_call", "id": call_id, "exec": exec_id, "name": name,
+                                   "args": list(args), "kwargs": kwargs})
+            except (TypeError, ValueError) as exc:
+                raise TypeError("arguments to tool %r must be JSON-compatible: %s" % (name, exc))
+            while not call.event.wait(0.5):
+                pass
+        finally:
+            with self.pending_lock:
+                self.pending.pop(call_id, None)
+        reply = call.reply
+        if reply is None:
+            raise ToolError("RuntimeError: the host went away during the call to tool %r" % name)
+        if reply.get("ok"):
+            return reply.get("value")
+        raise ToolError("%s: %s" % (reply.get("ename", "Error"), reply.get("evalue", "")))
+
+    def make_tool(self, name, doc):
+        driver = self
+
+        def tool(*args, **kwargs):
+            return driver.call_tool(name, args, kwargs)
+
+        tool.__name__ = tool.__qualname__ = name
+        tool.__doc__ = doc or None
+        return tool
+
+    def submit(self, *args, **kwargs):
+        names = self.output_fields
+        if names is None:
+            if len(args) == 1 and not kwargs:
+                fields = {"output": args[0]}
+            elif kwargs and not args:
+                fields = dict(kwargs)
+            else:
+                raise TypeError("SUBMIT takes exactly one value here, e.g. SUBMIT(answer)")
+        else:
+            expected = "SUBMIT(%s)" % ", ".join(names)
+            if len(args) > len(names):
+                raise TypeError("%s takes %d value(s), got %d positional" % (expected, len(names), len(args)))
+            fields = dict(zip(names, args))
+            for key, value in kwargs.items():
+                if key not in names:
+                    raise TypeError("%s got an unexpected field %r; expected fields: %s"
+                                    % (expected, key, ", ".join(names)))
+                if key in fields:
+                    raise TypeError("%s got two values for field %r" % (expected, key))
+                fields[key] = value
+            missing = [n for n in names if n not in fields]
+            if missing:
+                raise TypeError("%s is missing field(s) %s; expected fields: %s"
+                                % (expected, ", ".join(missing), ", ".join(names)))
+        try:
+            json.dumps(fields, default=_unserializable)
+        except (TypeError, ValueError):
+            fields = _jsonable(fields)
+        self.submission = fields
+        raise _Submitted(fields)
+
+    # -- executing -----------------------------------------------------------------------
+    def configure(self, message):
+        tools = message.get("tools") or []
+        for name in self.tool_names:
+            self.namespace.pop(name, None)
+        self.tool_names = set()
+        for spec in tools:
+            self.namespace[spec["name"]] = self.make_tool(spec["name"], spec.get("doc"))
+            self.tool_names.add(spec["name"])
+        fields = message.get("output_fields")
+        self.output_fields = list(fields) if fields is not None else None
+        self.namespace["SUBMIT"] = self.submit
+
+    def inject(self, variables):
+        """Bind the execute's variables: a value (cached under ``key`` when given) or a ``ref``."""
+        for name, spec in variables.items():
+            if "ref" in spec:
+                kind, stored = self.cache[spec["ref"]]
+                value = json.loads(stored) if kind == "json" else stored
+            else:
+                value = spec["v"]
+                self.cache.pop(self.cache_key_of.pop(name, None), None)
+                key = spec.get("key")
+                if key is not None:
+                    # Mutable values are kept as text so every reference yields a fresh copy.
+                    if isinstance(value, (dict, list)):
+                        self.cache[key] = ("json", json.dumps(value))
+                    else:
+                        self.cache[key] = ("value", value)
+                    self.cache_key_of[name] = key
+            self.namespace[name] = value
+
+    def run(self, code):
+        """Run ``code``; return the value of a final expression statement (or None)."""
+        self.counter += 1
+        filename = "%s%d>" % (_FILE_PREFIX, self.counter)
+        # Registered so tracebacks (and inspect) show the user's source lines.
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        tree = ast.parse(code, filename, "exec")
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = tree.body.pop()
+        body = compile(tree, filename, "exec")
+        tail = compile(ast.Expression(last.value), filename, "eval") if last is not None else None
+        self.interruptible = True
+        if self.interrupt_requested:
+            raise _Interrupted()
+        exec(body, self.namespace)
+        if tail is not None:
+            return eval(tail, self.namespace)
+        return None
+
+    def execute(self, message):
+        exec_id = message["id"]
+        self.capture.begin(int(message.get("output_limit") or 1000000))
+        self.submission = None
+        self.interrupt_requested = False
+        self.exec_id = exec_id
+        reply = {"type": "result", "id": exec_id}
+        try:
+            try:
+                self.configure(message)
+                self.inject(message.get("variables") or {})
+                value = self.run(message["code"])
+                self.interruptible = False
+                if self.submission is not None:
+                    reply.update(status="final", fields=self.submission)
+                else:
+                    reply.update(status="ok", value=_jsonable(value), has_value=value is not None)
+            finally:
+                self.interruptible = False
+        except _Submitted as submitted:
+            reply.update(status="final", fields=submitted.fields)
+        except _Interrupted:
+            reply.update(status="timeout", ename="TimeoutError", evalue="execution interrupted",
+                         traceback=_user_traceback(sys.exc_info()))
+        except SyntaxError as exc:
+            reply.update(status="syntax_error", ename=type(exc).__name__, evalue=_syntax_message(exc),
+                         lineno=exc.lineno)
+        except BaseException as exc:
+            if self.submission is not None:
+                reply.update(status="final", fields=self.submission)
+            else:
+                reply.update(status="error", ename=type(exc).__name__, evalue=_safe_str(exc),
+                             traceback=_user_traceback(sys.exc_info()))
+        self.exec_id = None
+        output, dropped = self.capture.collect()
+        reply["output"] = output
+        reply["dropped"] = dropped
+        self.channel.send(reply)
+
+    def serve(self):
+        signal.signal(signal.SIGUSR1, self.on_interrupt_signal)
+        threading.Thread(target=self.read_host, name="sandboxkit-host", daemon=True).start()
+        self.channel.send({
+            "type": "hello",
+            "protocol": PROTOCOL_VERSION,
+            "python": "%d.%d.%d" % sys.version_info[:3],
+            "pid": os.getpid(),
+        })
+        while True:
+            message = self.next_command()
+            if message is None or message["type"] == "shutdown":
+                return
+            if message["type"] == "execute":
+                self.execute(message)
+            else:
+                self.channel.diagnose("sandboxkit driver: unknown message type %r\n" % message["type"])
+                return
+
+
+def _safe_str(exc):
+    try:
+        return str(exc)
+    except Exception:
+        return "<unprintable %s>" % type(exc).__name__
+
+
+def _syntax_message(exc):
+    text = exc.msg or "invalid syntax"
+    if exc.lineno:
+        text += " (line %d)" % exc.lineno
+    if exc.text:
+        text += "\n    " + exc.text.strip()
+    return text
+
+
+def _user_traceback(exc_info):
+    """The traceback of the user's code alone, or "" when it would only repeat the error line."""
+    etype, value, tb = exc_info
+    frames = [f for f in traceback.extract_tb(tb)
+              if f.filename != _DRIVER_FILE and not f.filename.startswith("<sandboxkit")]
+    while frames and not frames[0].filename.startswith(_FILE_PREFIX):
+        frames.pop(0)
+    if not frames or (len(frames) == 1 and frames[0].lineno == 1):
+        return ""
+    try:
+        lines = ["Traceback (most recent call last):\n"] + traceback.format_list(frames)
+        lines += traceback.format_exception_only(etype, value)
+        return "".join(lines)
+    except Exception:
+        return ""
+
+
+def _jsonable(value):
+    """``value`` if it is JSON-compatible (finite floats), else a JSON-compatible stand-in."""
+    try:
+        json.dumps(value, allow_nan=False, default=_unserializable)
+        return value
+    except (TypeError, ValueError, RecursionError):
+        pass
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):
+        return _jsonable(dict(value._asdict()))
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        items = [_jsonable(item) for item in value]
+        try:
+            return sorted(items)
+        except TypeError:
+            return items
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _jsonable(v) for k, v in value.items()}
+    try:
+        return repr(value)
+    except Exception:
+        return "<unrepresentable %s>" % type(value).__name__
+
+
+def _apply_limits(spec):
+    """Apply ``SANDBOXKIT_RLIMITS`` (e.g. ``as=1073741824,cpu=60``) to this process."""
+    if not spec:
+        return
+    import resource
+
+    names = {"as": "RLIMIT_AS", "cpu": "RLIMIT_CPU", "nproc": "RLIMIT_NPROC", "fsize": "RLIMIT_FSIZE"}
+    for part in spec.split(","):
+        key, _, value = part.partition("=")
+        limit = getattr(resource, names[key.strip()])
+        resource.setrlimit(limit, (int(value), int(value)))
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def main():
+    channel = Channel()
+    _apply_limits(os.environ.pop("SANDBOXKIT_RLIMITS", ""))
+    capture = OutputCapture()
+    driver = Driver(channel, capture)
+    try:
+        driver.serve()
+    except BaseException:
+        channel.diagnose("sandboxkit driver failed:\n" + traceback.format_exc())
+        os._exit(70)
+    os._exit(0)
+
+
+if __name__ in ("__main__", "__sandboxkit_driver__"):
+    main()

@@ -1,0 +1,21 @@
+"""The hooks a sandboxkit plugin may implement. Every hook name carries the ``sandboxkit_`` prefix."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+NAME = "sandboxkit"
+
+hookspec = pluggy.HookspecMarker(NAME)
+hookimpl = pluggy.HookimplMarker(NAME)
+
+
+@hookspec
+def sandboxkit_register_backends(register: Callable[[type], None]) -> None:
+    """Register the backends this plugin provides.
+
+    :param register: call it once per :class:`sandboxkit.Backend` subclass. A plugin loaded
+        through the entry point ``NAME`` must register a backend whose ``name`` is ``NAME``.
+    """

@@ -1,0 +1,270 @@
+"""The one interpreter class, implementing DSPy's ``CodeInterpreter`` protocol on any backend.
+
+It behaves like DSPy's own ``PythonInterpreter``: lazy and idempotent ``start``, terminal
+``shutdown``, persistent state, variables injected as globals, the value of a final expression or
+else the captured output, ``FinalOutput`` on ``SUBMIT``, ``SyntaxError`` for bad syntax,
+``CodeExecutionError`` for failing code and ``CodeInterpreterError`` for a dead or misbehaving
+sandbox (which ends the session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import threading
+from typing import Any, Callable
+
+from dspy.primitives.code_interpreter import FinalOutput
+
+from sandboxkit import values
+from sandboxkit.backend import Backend
+from sandboxkit.errors import (
+    CodeExecutionError,
+    CodeInterpreterError,
+    ExecutionTimeoutError,
+    ProtocolError,
+    SessionEndedError,
+)
+from sandboxkit.options import SessionOptions
+from sandboxkit.session import DriverSession, new_request_id
+
+__all__ = ["SandboxInterpreter"]
+
+
+class SandboxInterpreter:
+    """A DSPy ``CodeInterpreter`` whose code runs in a sandbox provided by ``backend``.
+
+    Make one with :func:`sandboxkit.interpreter` or :func:`sandboxkit.factory`. One ``execute``
+    runs at a time; separate interpreters run in parallel.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        options: SessionOptions | None = None,
+        *,
+        tools: dict[str, Callable[..., Any]] | None = None,
+        output_fields: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.options = options or SessionOptions()
+        self._tools: dict[str, Callable[..., Any]] = dict(tools or {})
+        self.output_fields = output_fields
+        #: DSPy's RLM resets this to ask for tools to be registered again; tools are sent with
+        #: every execute, so it only records that they were.
+        self._tools_registered = False
+        self._session: DriverSession | None = None
+        self._ended = False
+        self._lifecycle_lock = threading.Lock()
+        self._execute_lock = threading.Lock()
+        self._cache = values.VariableCache()
+
+    # -- the CodeInterpreter protocol -----------------------------------------------------
+    @property
+    def tools(self) -> dict[str, Callable[..., Any]]:
+        """Host functions callable by name from sandbox code. Mutable; read on every execute."""
+        return self._tools
+
+    @tools.setter
+    def tools(self, value: dict[str, Callable[..., Any]]) -> None:
+        self._tools = dict(value)
+
+    @property
+    def execution_instructions(self) -> str:
+        """How the runtime behaves, for RLM's prompt."""
+        return self.backend.execution_instructions
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def start(self) -> None:
+        """Start the sandbox and the driver. Idempotent; refused after ``shutdown()``."""
+        with self._lifecycle_lock:
+            self._check_active()
+            if self._session is not None:
+                return
+            session = DriverSession(self.backend, self.options, self.backend.name)
+            try:
+                session.start()
+            except BaseException:
+                session.close()
+                self._ended = True
+                raise
+            self._session = session
+
+    def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
+        """Run ``code`` in the session; see the module docstring for what it returns and raises."""
+        session = self._session
+        if session is not None and getattr(session.tool_context, "active", False):
+            raise CodeInterpreterError(
+                "a tool cannot call execute() on the interpreter that is running it (the caller is waiting "
+                "for the tool); create another interpreter from the same factory for nested work"
+            )
+        if not self._execute_lock.acquire(blocking=False):
+            raise CodeInterpreterError(
+                "this interpreter is already running an execute; run one at a time, or create one "
+                "interpreter per thread"
+            )
+        try:
+            return self._execute(code, variables)
+        finally:
+            self._execute_lock.release()
+
+    def shutdown(self) -> None:
+        """End the session for good and remove the sandbox. Idempotent."""
+        with self._lifecycle_lock:
+            self._ended = True
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    def __enter__(self) -> SandboxInterpreter:
+        self.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.shutdown()
+
+    def __call__(self, code: str, variables: dict[str, Any] | None = None) -> Any:
+        return self.execute(code, variables)
+
+    def __repr__(self) -> str:
+        state = "ended" if self._ended else ("running" if self._session else "not started")
+        return f"<SandboxInterpreter backend={self.backend.name!r} {state}>"
+
+    # -- internals ------------------------------------------------------------------------
+    def _check_active(self) -> None:
+        if self._ended:
+            raise SessionEndedError(
+                "this interpreter's session has ended (shut down, or its sandbox failed); "
+                "create a new interpreter for a fresh session"
+            )
+
+    def _execute(self, code: str, variables: dict[str, Any] | None) -> Any:
+        self._check_active()
+        if not isinstance(code, str):
+            raise CodeInterpreterError(f"code must be a string, not {type(code).__name__}")
+        variables = {} if variables is None else variables
+        if not isinstance(variables, dict):
+            raise CodeInterpreterError("variables must be a dict mapping names to values")
+        tools = dict(self._tools)
+        values.check_tool_names(tools)
+        values.check_variable_names(variables, tools)
+        output_names = self._output_names()
+        variables_json = self._cache.encode(variables)
+        if self._session is None:
+            self.start()
+        session = self._session
+        assert session is not None
+        exec_id = new_request_id()
+        head = json.dumps(
+            {
+                "type": "execute",
+                "id": exec_id,
+                "code": code,
+                "tools": [{"name": name, "doc": _tool_doc(fn)} for name, fn in tools.items()],
+                "output_fields": output_names,
+                "output_limit": self.options.output_limit,
+            },
+            ensure_ascii=False,
+        )
+        message = head[:-1] + ',"variables":' + variables_json + "}"
+        self._tools_registered = True
+        try:
+            result, interrupted = session.execute(message, exec_id, lambda n, a, k: self._run_tool(tools, n, a, k))
+        except CodeInterpreterError:
+            self._end_after_failure()
+            raise
+        except BaseException:
+            self._end_after_failure()
+            raise
+        self._cache.commit()
+        return self._interpret(result, interrupted)
+
+    def _end_after_failure(self) -> None:
+        with self._lifecycle_lock:
+            self._ended = True
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    def _output_names(self) -> list[str] | None:
+        fields = self.output_fields
+        if not fields:
+            return None
+        names = []
+        for field in fields:
+            name = field.get("name") if isinstance(field, dict) else None
+            if not isinstance(name, str) or not name.isidentifier():
+                raise CodeInterpreterError(f"output_fields entries need a 'name' that is a Python identifier: {field!r}")
+            names.append(name)
+        if len(set(names)) != len(names):
+            raise CodeInterpreterError(f"output field names must be unique: {names}")
+        return names
+
+    def _run_tool(self, tools: dict[str, Callable[..., Any]], name: str, args: list, kwargs: dict) -> dict:
+        fn = tools.get(name)
+        if fn is None:
+            return {"ok": False, "ename": "CodeInterpreterError",
+                    "evalue": f"Unknown tool: {name}; available tools: {', '.join(sorted(tools)) or 'none'}"}
+        try:
+            call_args, call_kwargs = values.bind_tool_call(fn, args, kwargs)
+            result = fn(*call_args, **call_kwargs)
+            if inspect.isawaitable(result):
+                result = asyncio.run(_awaited(result))
+            return {"ok": True, "value": values.tool_result_value(result)}
+        except Exception as exc:
+            return {"ok": False, "ename": type(exc).__name__, "evalue": str(exc)}
+
+    def _interpret(self, result: dict[str, Any], interrupted: bool) -> Any:
+        status = result["status"]
+        output = _with_truncation_note(result["output"], result["dropped"], self.options.output_limit)
+        if status == "final":
+            return FinalOutput(result["fields"])
+        if status == "ok":
+            if result["has_value"] and result["value"] is not None:
+                return result["value"]
+            return output or None
+        if status == "syntax_error":
+            raise SyntaxError(f"Invalid Python syntax. message: {result['evalue']}")
+        if status == "timeout" or (interrupted and status == "error"):
+            raise ExecutionTimeoutError(
+                f"TimeoutError: the code ran past the {self.options.timeout:g}s execute timeout (time in host "
+                "tools included) and was interrupted; the session and its variables are intact"
+                + _output_note(output)
+            )
+        if status == "protocol_error":
+            self._end_after_failure()
+            raise ProtocolError(f"the sandbox driver rejected the request: {result['evalue']}")
+        trace = result.get("traceback")
+        if isinstance(trace, str) and trace.strip():
+            message = trace.rstrip()
+        else:
+            message = f"{result['ename']}: {result['evalue']}"
+        raise CodeExecutionError(message + _output_note(output))
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _tool_doc(fn: Callable[..., Any]) -> str:
+    try:
+        signature = str(inspect.signature(fn))
+    except (TypeError, ValueError):
+        signature = "(*args, **kwargs)"
+    doc = inspect.getdoc(fn) or ""
+    name = getattr(fn, "__name__", "tool")
+    return f"{name}{signature}\n\n{doc}"[:2000].strip()
+
+
+def _with_truncation_note(output: str, dropped: int, limit: int) -> str:
+    if not dropped:
+        return output
+    return output + f"\n[sandboxkit: output truncated: {dropped} more bytes not shown (output_limit={limit})]\n"
+
+
+def _output_note(output: str) -> str:
+    return f"\n\nOutput before the error:\n{output}" if output.strip() else ""

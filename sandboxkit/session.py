@@ -1,0 +1,281 @@
+"""One driver process and the host side of its conversation.
+
+A :class:`DriverSession` launches the driver through a backend, completes the handshake, reads
+every line the sandbox sends on a background thread (validating it), runs tool calls on host
+threads, and enforces the execute timeout in two steps: interrupt, then kill after a grace
+period. Any failure that leaves the sandbox's state unknown ends the session.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextvars
+import json
+import queue
+import secrets
+import threading
+import time
+import weakref
+from typing import Any, Callable
+
+from sandboxkit import protocol
+from sandboxkit.backend import Backend, SandboxProcess
+from sandboxkit.errors import BackendStartError, ProtocolError, SandboxDiedError
+from sandboxkit.options import SessionOptions
+from sandboxkit_driver import driver_source
+
+__all__ = ["DriverSession", "ToolRunner"]
+
+#: Runs one tool call: (name, args, kwargs) -> the reply fields ({"ok": ..., ...}).
+ToolRunner = Callable[[str, list, dict], dict]
+
+_STDERR_TAIL_BYTES = 16 * 1024
+_live_sessions: weakref.WeakSet[DriverSession] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_sessions() -> None:
+    for session in list(_live_sessions):
+        session.close()
+
+
+class DriverSession:
+    """The live driver in one sandbox. Not thread-safe: the interpreter serialises executes."""
+
+    def __init__(self, backend: Backend, options: SessionOptions, label: str) -> None:
+        self._backend = backend
+        self._options = options
+        self._label = label
+        self._process: SandboxProcess | None = None
+        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._send_lock = threading.Lock()
+        self._stderr_tail: collections.deque[bytes] = collections.deque()
+        self._stderr_size = 0
+        self._stderr_done = threading.Event()
+        self._closed = False
+        self.python_version = ""
+        #: Set on host threads while they run one of this session's tools.
+        self.tool_context = threading.local()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        source = driver_source()
+        self._process = self._backend.launch(protocol.driver_argv(), {})
+        _live_sessions.add(self)
+        threading.Thread(target=self._read_stdout, name=f"sandboxkit-read-{self._label}", daemon=True).start()
+        threading.Thread(target=self._read_stderr, name=f"sandboxkit-stderr-{self._label}", daemon=True).start()
+        try:
+            self._write(source)
+        except SandboxDiedError:
+            self._raise_died("while receiving the driver")
+        kind, payload = self._next_event(time.monotonic() + self._options.start_timeout)
+        if kind == "timeout":
+            self.close()
+            raise BackendStartError(
+                f"the sandbox did not start the driver within {self._options.start_timeout:g}s "
+                f"(raise the 'start_timeout' option if the backend is slow to start){self._stderr_note()}"
+            )
+        if kind == "eof":
+            self._raise_died("during start-up")
+        if kind == "violation":
+            self._fail_protocol(payload)
+        if payload.get("type") != "hello":
+            self._fail_protocol(f"expected the driver's hello first, got {payload.get('type')!r}")
+        if payload["protocol"] != protocol.PROTOCOL_VERSION:
+            self.close()
+            raise BackendStartError(
+                f"the sandbox driver speaks protocol {payload['protocol']}, this host speaks "
+                f"{protocol.PROTOCOL_VERSION}; upgrade sandboxkit on the side that is older"
+            )
+        self.python_version = payload["python"]
+
+    def close(self) -> None:
+        """Ask the driver to stop, then make sure the sandbox is gone. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        _live_sessions.discard(self)
+        process = self._process
+        if process is None:
+            return
+        try:
+            if process.poll() is None:
+                try:
+                    self._write(b'{"type":"shutdown"}\n')
+                    process.stdin.close()
+                except Exception:
+                    pass
+                process.wait(1.0)
+        finally:
+            process.kill()
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed and self._process is not None
+
+    # -- one execute ----------------------------------------------------------------------
+    def execute(self, message_json: str, exec_id: str, run_tool: ToolRunner) -> tuple[dict[str, Any], bool]:
+        """Send an execute request; serve its tool calls; return (result message, interrupted).
+
+        Raises :class:`SandboxDiedError` or :class:`ProtocolError` (ending the session) when the
+        sandbox dies, breaks the protocol or ignores an interrupt past the grace period.
+        """
+        timeout = self._options.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._write(message_json.encode("utf-8") + b"\n")
+        interrupted = False
+        while True:
+            kind, payload = self._next_event(deadline)
+            if kind == "timeout":
+                if not interrupted:
+                    interrupted = True
+                    self._write(json.dumps({"type": "interrupt", "id": exec_id}).encode() + b"\n")
+                    deadline = time.monotonic() + self._options.grace
+                    continue
+                self.close()
+                raise SandboxDiedError(
+                    f"the code ran past the {timeout:g}s timeout and did not stop within the "
+                    f"{self._options.grace:g}s grace period after being interrupted, so the sandbox was "
+                    "killed and its state is lost; create a new interpreter to continue"
+                    + self._stderr_note(),
+                    stderr_tail=self.stderr_tail(),
+                )
+            if kind == "eof":
+                self._raise_died("during execute")
+            if kind == "violation":
+                self._fail_protocol(payload)
+            if kind == "host_exception":
+                self.close()
+                raise payload
+            message = payload
+            if message["type"] == "tool_call":
+                if message["exec"] != exec_id:
+                    self._fail_protocol("a tool call named an execute that is not running")
+                self._start_tool_call(message, run_tool)
+            elif message["type"] == "result":
+                if message["id"] != exec_id:
+                    self._fail_protocol("a result answered a request that was not made")
+                return message, interrupted
+            else:
+                self._fail_protocol(f"unexpected {message['type']!r} message during execute")
+
+    def _start_tool_call(self, message: dict[str, Any], run_tool: ToolRunner) -> None:
+        context = contextvars.copy_context()
+
+        def run() -> None:
+            self.tool_context.active = True
+            try:
+                reply = run_tool(message["name"], message["args"], message["kwargs"])
+            except BaseException as exc:  # interrupts reach the caller of execute
+                self._inbox.put(("host_exception", exc))
+                return
+            finally:
+                self.tool_context.active = False
+            reply = {"type": "tool_result", "id": message["id"], **reply}
+            try:
+                data = json.dumps(reply, ensure_ascii=False).encode("utf-8") + b"\n"
+            except (TypeError, ValueError) as exc:
+                data = json.dumps({"type": "tool_result", "id": message["id"], "ok": False,
+                                   "ename": "TypeError", "evalue": f"tool result is not JSON-compatible: {exc}"}
+                                  ).encode() + b"\n"
+            try:
+                self._write(data)
+            except SandboxDiedError:
+                pass  # the execute loop reports the death
+
+        threading.Thread(target=context.run, args=(run,), name="sandboxkit-tool", daemon=True).start()
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _next_event(self, deadline: float | None) -> tuple[str, Any]:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return self._inbox.get(timeout=wait)
+        except queue.Empty:
+            return "timeout", None
+
+    def _write(self, data: bytes) -> None:
+        process = self._process
+        assert process is not None
+        with self._send_lock:
+            try:
+                process.stdin.write(data)
+                process.stdin.flush()
+            except (OSError, ValueError) as exc:
+                raise SandboxDiedError(f"the sandbox stopped accepting input: {exc}") from exc
+
+    def _read_stdout(self) -> None:
+        process = self._process
+        assert process is not None
+        limit = self._options.max_message_bytes
+        try:
+            while True:
+                line = process.stdout.readline(limit + 1)
+                if not line:
+                    self._inbox.put(("eof", None))
+                    return
+                if not line.endswith(b"\n"):
+                    if len(line) > limit:
+                        raise protocol.Violation(f"a message exceeded the {limit}-byte limit (max_message_bytes)")
+                    self._inbox.put(("eof", None))
+                    return
+                try:
+                    message = json.loads(line)
+                except ValueError as exc:
+                    raise protocol.Violation(f"a line was not JSON: {line[:80]!r}") from exc
+                self._inbox.put(("message", protocol.validate(message)))
+        except protocol.Violation as exc:
+            self._inbox.put(("violation", str(exc)))
+        except Exception as exc:  # the stream broke under us: treat as the sandbox going away
+            self._inbox.put(("eof", exc))
+
+    def _read_stderr(self) -> None:
+        process = self._process
+        assert process is not None
+        try:
+            while True:
+                chunk = process.stderr.read1(8192) if hasattr(process.stderr, "read1") else process.stderr.read(8192)
+                if not chunk:
+                    return
+                self._stderr_tail.append(chunk)
+                self._stderr_size += len(chunk)
+                while self._stderr_size - len(self._stderr_tail[0]) >= _STDERR_TAIL_BYTES:
+                    self._stderr_size -= len(self._stderr_tail.popleft())
+        except Exception:
+            return
+        finally:
+            self._stderr_done.set()
+
+    def stderr_tail(self) -> str:
+        data = b"".join(self._stderr_tail)[-_STDERR_TAIL_BYTES:]
+        return data.decode("utf-8", "replace").strip()
+
+    def _stderr_note(self) -> str:
+        tail = self.stderr_tail()
+        return f"\nSandbox stderr (last lines):\n{tail}" if tail else ""
+
+    def _raise_died(self, when: str) -> None:
+        process = self._process
+        code = process.wait(2.0) if process is not None else None
+        self._stderr_done.wait(1.0)
+        how = process.describe_exit(code) if process is not None else "unknown"
+        tail = self.stderr_tail()
+        self.close()
+        raise SandboxDiedError(
+            f"the sandbox process ended unexpectedly {when} ({how}); its state is lost. "
+            f"Create a new interpreter to continue." + (f"\nSandbox stderr (last lines):\n{tail}" if tail else ""),
+            exit_code=code,
+            stderr_tail=tail,
+        )
+
+    def _fail_protocol(self, detail: str) -> None:
+        self.close()
+        raise ProtocolError(
+            f"the sandbox broke the driver protocol ({detail}); the session was ended rather than "
+            "guessing at its state. Create a new interpreter to continue." + self._stderr_note()
+        )
+
+
+def new_request_id() -> str:
+    """An unguessable id for one request."""
+    return secrets.token_hex(16)
