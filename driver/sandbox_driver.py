@@ -36,6 +36,10 @@ class _Interrupted(BaseException):
     """Raised in user code when the host interrupts an execute that ran past its timeout."""
 
 
+class _BadRequest(Exception):
+    """The host's execute request could not be applied (e.g. a reference to an unknown cache key)."""
+
+
 class ToolError(RuntimeError):
     """Raised in sandbox code when a host tool fails; the message is 'ExceptionType: message'."""
 
@@ -386,8 +390,11 @@ class Driver(object):
         reply = {"type": "result", "id": exec_id}
         try:
             try:
-                self.configure(message)
-                self.inject(message.get("variables") or {})
+                try:
+                    self.configure(message)
+                    self.inject(message.get("variables") or {})
+                except Exception as exc:
+                    raise _BadRequest("%s: %s" % (type(exc).__name__, _safe_str(exc)))
                 value = self.run(message["code"])
                 self.interruptible = False
                 if self.submission is not None:
@@ -396,6 +403,8 @@ class Driver(object):
                     reply.update(status="ok", value=_jsonable(value), has_value=value is not None)
             finally:
                 self.interruptible = False
+        except _BadRequest as exc:
+            reply.update(status="protocol_error", ename="ProtocolError", evalue=str(exc))
         except _Submitted as submitted:
             reply.update(status="final", fields=submitted.fields)
         except _Interrupted:
