@@ -16,10 +16,12 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 
 PROTOCOL_VERSION = 1
 _CHUNK = 1 << 16
+_PIPE_SIZE = 1 << 20
 _FILE_PREFIX = "<sandbox-"
 _DRIVER_FILE = "sandboxkit_driver.py"
 
@@ -56,11 +58,18 @@ class Channel(object):
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
+        try:  # fewer context switches for large messages (Linux pipes; harmless elsewhere)
+            import fcntl
+
+            fcntl.fcntl(self.in_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
+        except (ImportError, OSError):
+            pass
         self.reader = os.fdopen(self.in_fd, "rb", buffering=_CHUNK)
         self.lock = threading.Lock()
 
     def send(self, message):
-        data = (json.dumps(message, separators=(",", ":"), default=_unserializable) + "\n").encode("utf-8")
+        data = (json.dumps(message, separators=(",", ":"), default=_unserializable) + "\n").encode(
+            "utf-8", "surrogatepass")
         with self.lock:
             view = memoryview(data)
             while view:
@@ -71,9 +80,19 @@ class Channel(object):
         line = self.reader.readline()
         if not line:
             return None
-        message = json.loads(line.decode("utf-8"))
+        message = json.loads(line.decode("utf-8", "surrogatepass"))
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise ValueError("protocol messages must be JSON objects with a 'type'")
+        sizes = message.get("blobs")
+        if sizes:
+            # Raw UTF-8 payloads follow the line back to back, in order.
+            blobs = []
+            for size in sizes:
+                data = self.reader.read(size)
+                if len(data) != size:
+                    return None
+                blobs.append(data.decode("utf-8", "surrogatepass"))
+            message["blobs"] = blobs
         return message
 
     def diagnose(self, text):
@@ -88,101 +107,83 @@ def _unserializable(value):
 
 
 class OutputCapture(object):
-    """Points fds 1 and 2 at a pipe drained by a thread that keeps at most ``limit`` bytes."""
+    """Points fds 1 and 2 at an unlinked append-only file and returns what each execute wrote.
+
+    Collecting needs no thread hand-off: the main thread reads the file's head and size and
+    empties it. A watchdog thread empties a file that grows far past ``limit`` during an
+    execute (keeping the head and counting the rest), so a flood of output costs disk only
+    briefly and memory never.
+    """
+
+    FLOOD_SLACK = 8 << 20
+    WATCH_INTERVAL = 0.05
 
     def __init__(self):
-        read_fd, write_fd = os.pipe()
-        os.set_inheritable(read_fd, False)
-        os.dup2(write_fd, 1)
-        os.dup2(write_fd, 2)
-        os.close(write_fd)
-        self.read_fd = read_fd
-        self.cond = threading.Condition()
-        self.kept = []
-        self.kept_size = 0
-        self.dropped = 0
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="sandboxkit-output-")
+        os.unlink(path)
+        try:
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        except (ImportError, OSError):
+            pass
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        self.fd = fd
+        self.lock = threading.Lock()
         self.limit = 1000000
-        self.marker = None
-        self.tail = b""
-        self.seen_marker = False
-        self._pending_after_marker = b""
-        for name in ("stdout", "stderr"):
-            stream = os.fdopen(1 if name == "stdout" else 2, "w", encoding="utf-8", errors="backslashreplace",
+        self.head = None
+        self.dropped = 0
+        for name, number in (("stdout", 1), ("stderr", 2)):
+            stream = os.fdopen(number, "w", encoding="utf-8", errors="backslashreplace",
                                buffering=1, closefd=False)
             setattr(sys, name, stream)
             setattr(sys, "__%s__" % name, stream)
-        thread = threading.Thread(target=self._drain, name="sandboxkit-output", daemon=True)
-        thread.start()
+        threading.Thread(target=self._watch, name="sandboxkit-output-watch", daemon=True).start()
 
-    def _keep(self, data):
-        room = self.limit - self.kept_size
-        if room > 0:
-            self.kept.append(data[:room])
-            self.kept_size += min(room, len(data))
-        if len(data) > room:
-            self.dropped += len(data) - max(room, 0)
+    def _harvest(self):
+        """Move the file's content into (head, dropped) and empty it. Call with the lock held."""
+        size = os.fstat(self.fd).st_size
+        if size == 0:
+            if self.head is None:
+                self.head = b""
+            return
+        if self.head is None:
+            self.head = os.pread(self.fd, min(size, self.limit), 0) if size else b""
+            self.dropped += size - len(self.head)
+        else:
+            self.dropped += size
+        os.ftruncate(self.fd, 0)
 
-    def _drain(self):
+    def _watch(self):
         while True:
+            time.sleep(self.WATCH_INTERVAL)
             try:
-                data = os.read(self.read_fd, _CHUNK)
+                if os.fstat(self.fd).st_size > self.limit + self.FLOOD_SLACK:
+                    with self.lock:
+                        self._harvest()
             except OSError:
                 return
-            if not data:
-                return
-            with self.cond:
-                if self.marker is None:
-                    self._keep(data)
-                    continue
-                buffered = self.tail + data
-                index = buffered.find(self.marker)
-                if index < 0:
-                    keep_back = len(self.marker) - 1
-                    self._keep(buffered[:-keep_back] if len(buffered) > keep_back else b"")
-                    self.tail = buffered[-keep_back:] if len(buffered) > keep_back else buffered
-                    continue
-                self._keep(buffered[:index])
-                rest = buffered[index + len(self.marker):]
-                self.marker = None
-                self.tail = b""
-                self.seen_marker = True
-                self.cond.notify_all()
-                if rest:
-                    self._pending_after_marker = rest
 
     def begin(self, limit):
         """Start a new execute's capture (output written since the last one counts toward it)."""
-        with self.cond:
+        with self.lock:
             self.limit = limit
-            pending = self._pending_after_marker
-            self._pending_after_marker = b""
-            self.kept, self.kept_size, self.dropped = [], 0, 0
-            if pending:
-                self._keep(pending)
 
     def collect(self):
-        """Flush Python's streams, wait until everything written so far is drained, return it."""
+        """Flush Python's streams; return (everything written since ``begin``, bytes dropped)."""
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:
                 pass
-        marker = b"\x00sandboxkit-sync-" + os.urandom(8).hex().encode("ascii") + b"\x00"
-        with self.cond:
-            self.marker = marker
-            self.seen_marker = False
-        try:
-            os.write(1, marker)
-        except OSError:
-            with self.cond:
-                self.marker = None
-        with self.cond:
-            self.cond.wait_for(lambda: self.seen_marker or self.marker is None, timeout=5.0)
-            self.marker = None
-            text = b"".join(self.kept).decode("utf-8", "replace")
-            dropped = self.dropped
-            self.kept, self.kept_size, self.dropped = [], 0, 0
-        return text, dropped
+        with self.lock:
+            self._harvest()
+            head, dropped = self.head, self.dropped
+            self.head, self.dropped = None, 0
+        return head.decode("utf-8", "replace"), dropped
 
 
 class PendingCall(object):
@@ -342,14 +343,14 @@ class Driver(object):
         self.output_fields = list(fields) if fields is not None else None
         self.namespace["SUBMIT"] = self.submit
 
-    def inject(self, variables):
+    def inject(self, variables, blobs):
         """Bind the execute's variables: a value (cached under ``key`` when given) or a ``ref``."""
         for name, spec in variables.items():
             if "ref" in spec:
                 kind, stored = self.cache[spec["ref"]]
                 value = json.loads(stored) if kind == "json" else stored
             else:
-                value = spec["v"]
+                value = blobs[spec["blob"]] if "blob" in spec else spec["v"]
                 self.cache.pop(self.cache_key_of.pop(name, None), None)
                 key = spec.get("key")
                 if key is not None:
@@ -392,7 +393,7 @@ class Driver(object):
             try:
                 try:
                     self.configure(message)
-                    self.inject(message.get("variables") or {})
+                    self.inject(message.get("variables") or {}, message.get("blobs") or [])
                 except Exception as exc:
                     raise _BadRequest("%s: %s" % (type(exc).__name__, _safe_str(exc)))
                 value = self.run(message["code"])

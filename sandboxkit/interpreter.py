@@ -153,7 +153,7 @@ class SandboxInterpreter:
         values.check_tool_names(tools)
         values.check_variable_names(variables, tools)
         output_names = self._output_names()
-        variables_json = self._cache.encode(variables)
+        variables_json, blobs = self._cache.encode(variables)
         if self._session is None:
             self.start()
         session = self._session
@@ -167,13 +167,14 @@ class SandboxInterpreter:
                 "tools": [{"name": name, "doc": _tool_doc(fn)} for name, fn in tools.items()],
                 "output_fields": output_names,
                 "output_limit": self.options.output_limit,
+                "blobs": [len(blob) for blob in blobs],
             },
             ensure_ascii=False,
         )
         message = head[:-1] + ',"variables":' + variables_json + "}"
         self._tools_registered = True
         try:
-            result, interrupted = session.execute(message, exec_id, lambda n, a, k: self._run_tool(tools, n, a, k))
+            result, interrupted = session.execute(message, blobs, exec_id, lambda n, a, k: self._run_tool(tools, n, a, k))
         except CodeInterpreterError:
             self._end_after_failure()
             raise

@@ -40,6 +40,46 @@ def _close_all_sessions() -> None:
         session.close()
 
 
+class _Workers:
+    """Threads for tool calls: an idle one is reused, otherwise a new one starts, so concurrent
+    calls never wait for each other (they may block on one another, as sub-agents do)."""
+
+    IDLE_SECONDS = 30.0
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+                spawn = False
+            else:
+                spawn = True
+        self._jobs.put(job)
+        if spawn:
+            threading.Thread(target=self._work, name="sandboxkit-tool", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=self.IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0 and self._jobs.empty():
+                        self._idle -= 1
+                        return
+                continue
+            job()
+            with self._lock:
+                self._idle += 1
+
+
+_TOOL_WORKERS = _Workers()
+
+
 class DriverSession:
     """The live driver in one sandbox. Not thread-safe: the interpreter serialises executes."""
 
@@ -54,6 +94,8 @@ class DriverSession:
         self._stderr_size = 0
         self._stderr_done = threading.Event()
         self._closed = False
+        #: (execute id, tool runner) while an execute is in flight; read by the stdout reader.
+        self._running: tuple[str, ToolRunner] | None = None
         self.python_version = ""
         #: Set on host threads while they run one of this session's tools.
         self.tool_context = threading.local()
@@ -115,15 +157,28 @@ class DriverSession:
         return not self._closed and self._process is not None
 
     # -- one execute ----------------------------------------------------------------------
-    def execute(self, message_json: str, exec_id: str, run_tool: ToolRunner) -> tuple[dict[str, Any], bool]:
-        """Send an execute request; serve its tool calls; return (result message, interrupted).
+    def execute(
+        self, message_json: str, blobs: list[bytes], exec_id: str, run_tool: ToolRunner
+    ) -> tuple[dict[str, Any], bool]:
+        """Send an execute request (and its raw blobs); serve its tool calls; return
+        (result message, interrupted).
 
         Raises :class:`SandboxDiedError` or :class:`ProtocolError` (ending the session) when the
         sandbox dies, breaks the protocol or ignores an interrupt past the grace period.
         """
         timeout = self._options.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._write(message_json.encode("utf-8") + b"\n")
+        self._running = (exec_id, run_tool)
+        try:
+            return self._serve(message_json, blobs, exec_id, deadline)
+        finally:
+            self._running = None
+
+    def _serve(
+        self, message_json: str, blobs: list[bytes], exec_id: str, deadline: float | None
+    ) -> tuple[dict[str, Any], bool]:
+        timeout = self._options.timeout
+        self._write(message_json.encode("utf-8", "surrogatepass") + b"\n", *blobs)
         interrupted = False
         while True:
             kind, payload = self._next_event(deadline)
@@ -149,11 +204,7 @@ class DriverSession:
                 self.close()
                 raise payload
             message = payload
-            if message["type"] == "tool_call":
-                if message["exec"] != exec_id:
-                    self._fail_protocol("a tool call named an execute that is not running")
-                self._start_tool_call(message, run_tool)
-            elif message["type"] == "result":
+            if message["type"] == "result":
                 if message["id"] != exec_id:
                     self._fail_protocol("a result answered a request that was not made")
                 return message, interrupted
@@ -174,7 +225,7 @@ class DriverSession:
                 self.tool_context.active = False
             reply = {"type": "tool_result", "id": message["id"], **reply}
             try:
-                data = json.dumps(reply, ensure_ascii=False).encode("utf-8") + b"\n"
+                data = json.dumps(reply, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
             except (TypeError, ValueError) as exc:
                 data = json.dumps({"type": "tool_result", "id": message["id"], "ok": False,
                                    "ename": "TypeError", "evalue": f"tool result is not JSON-compatible: {exc}"}
@@ -184,7 +235,7 @@ class DriverSession:
             except SandboxDiedError:
                 pass  # the execute loop reports the death
 
-        threading.Thread(target=context.run, args=(run,), name="sandboxkit-tool", daemon=True).start()
+        _TOOL_WORKERS.submit(lambda: context.run(run))
 
     # -- plumbing -------------------------------------------------------------------------
     def _next_event(self, deadline: float | None) -> tuple[str, Any]:
@@ -194,12 +245,14 @@ class DriverSession:
         except queue.Empty:
             return "timeout", None
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, *chunks: bytes) -> None:
+        """Write ``chunks`` back to back, atomically with respect to other writers."""
         process = self._process
         assert process is not None
         with self._send_lock:
             try:
-                process.stdin.write(data)
+                for chunk in chunks:
+                    process.stdin.write(chunk)
                 process.stdin.flush()
             except (OSError, ValueError) as exc:
                 raise SandboxDiedError(f"the sandbox stopped accepting input: {exc}") from exc
@@ -223,7 +276,15 @@ class DriverSession:
                     message = json.loads(line)
                 except ValueError as exc:
                     raise protocol.Violation(f"a line was not JSON: {line[:80]!r}") from exc
-                self._inbox.put(("message", protocol.validate(message)))
+                message = protocol.validate(message)
+                if message["type"] == "tool_call":
+                    # Dispatched from here, without a hop through the execute loop.
+                    running = self._running
+                    if running is None or message["exec"] != running[0]:
+                        raise protocol.Violation("a tool call named an execute that is not running")
+                    self._start_tool_call(message, running[1])
+                    continue
+                self._inbox.put(("message", message))
         except protocol.Violation as exc:
             self._inbox.put(("violation", str(exc)))
         except Exception as exc:  # the stream broke under us: treat as the sandbox going away

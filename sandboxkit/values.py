@@ -175,13 +175,17 @@ class VariableCache:
         self._staged: dict[str, _Entry | None] = {}
         self._keys = itertools.count(1)
 
-    def encode(self, variables: dict[str, Any]) -> str:
-        """The JSON text of the execute message's ``variables`` object."""
+    def encode(self, variables: dict[str, Any]) -> tuple[str, list[bytes]]:
+        """The JSON text of the execute message's ``variables`` object, and its raw blobs.
+
+        Large strings travel as raw UTF-8 blobs after the message line (no JSON escaping).
+        """
         parts = []
         self._staged = {}
+        self._blobs: list[bytes] = []
         for name, value in variables.items():
             parts.append(f"{json.dumps(name)}:{self._encode_one(name, value)}")
-        return "{" + ",".join(parts) + "}"
+        return "{" + ",".join(parts) + "}", self._blobs
 
     def _encode_one(self, name: str, value: Any) -> str:
         entry = self._entries.get(name)
@@ -190,6 +194,11 @@ class VariableCache:
                 return '{"ref":"%s"}' % entry.key
             if entry is not None and isinstance(entry.stamp, str) and len(entry.stamp) == len(value) and entry.stamp == value:
                 return '{"ref":"%s"}' % entry.key
+            if len(value) >= self.MIN_SIZE:
+                key = f"v{next(self._keys)}"
+                self._staged[name] = _Entry(key, value)
+                self._blobs.append(value.encode("utf-8", "surrogatepass"))
+                return '{"blob":%d,"key":"%s"}' % (len(self._blobs) - 1, key)
             text = json.dumps(value, ensure_ascii=False)
             stamp: Any = value
         else:
