@@ -95,7 +95,7 @@ class DriverSession:
         self._stderr_done = threading.Event()
         self._closed = False
         #: (execute id, tool runner) while an execute is in flight; read by the stdout reader.
-        self._running: tuple[str, ToolRunner] | None = None
+        self._running: tuple[str, ToolRunner, contextvars.Context] | None = None
         self.python_version = ""
         #: Set on host threads while they run one of this session's tools.
         self.tool_context = threading.local()
@@ -168,7 +168,8 @@ class DriverSession:
         """
         timeout = self._options.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._running = (exec_id, run_tool)
+        # Tools run with the caller's context variables (dspy.context(lm=...) among them).
+        self._running = (exec_id, run_tool, contextvars.copy_context())
         try:
             return self._serve(message_json, blobs, exec_id, deadline)
         finally:
@@ -211,8 +212,8 @@ class DriverSession:
             else:
                 self._fail_protocol(f"unexpected {message['type']!r} message during execute")
 
-    def _start_tool_call(self, message: dict[str, Any], run_tool: ToolRunner) -> None:
-        context = contextvars.copy_context()
+    def _start_tool_call(self, message: dict[str, Any], run_tool: ToolRunner, caller: contextvars.Context) -> None:
+        context = caller.copy()  # one copy per call: concurrent calls cannot share an entered context
 
         def run() -> None:
             self.tool_context.active = True
@@ -282,7 +283,7 @@ class DriverSession:
                     running = self._running
                     if running is None or message["exec"] != running[0]:
                         raise protocol.Violation("a tool call named an execute that is not running")
-                    self._start_tool_call(message, running[1])
+                    self._start_tool_call(message, running[1], running[2])
                     continue
                 self._inbox.put(("message", message))
         except protocol.Violation as exc:
