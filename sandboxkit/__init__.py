@@ -42,7 +42,7 @@ _LAZY = {
     "backends": "sandboxkit.api",
     "factory": "sandboxkit.api",
     "interpreter": "sandboxkit.api",
-    "SandboxInterpreter": "sandboxkit.interpreter",
+    "SandboxInterpreter": "sandboxkit.stdio_interpreter",
     "SessionOptions": "sandboxkit.options",
 }
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 from sandboxkit import plugins
 from sandboxkit.backend import Backend
 from sandboxkit.errors import BackendStartError
-from sandboxkit.interpreter import SandboxInterpreter
+from sandboxkit.stdio_interpreter import SandboxInterpreter
 from sandboxkit.options import SessionOptions, build_options, split_options
 
 __all__ = ["InterpreterFactory", "backends", "factory", "interpreter", "resolve_backend_name"]
@@ -62,7 +63,8 @@ def factory(backend: str | None = None, **options: Any) -> InterpreterFactory:
     backend_cls = plugins.load_backend(name)
     session_values, backend_values = split_options(options, backend_cls.Options)
     session_options = build_options(SessionOptions, session_values, "the interpreter")
-    backend_options = build_options(backend_cls.Options, backend_values, f"backend {name!r}")
+    session_names = frozenset(f.name for f in dataclasses.fields(SessionOptions))
+    backend_options = build_options(backend_cls.Options, backend_values, f"backend {name!r}", session_names)
     return InterpreterFactory(backend_cls, session_options, backend_options)
 
 

@@ -118,16 +118,17 @@ def _convert(name: str, value: Any, tp: Any) -> Any:
     raise OptionError(f"option '{name}' expects {_describe(tp)}, got {value!r}")
 
 
-def build_options(cls: type, values: Mapping[str, Any], owner: str) -> Any:
+def build_options(cls: type, values: Mapping[str, Any], owner: str, also_valid: frozenset[str] = frozenset()) -> Any:
     """Make an instance of the options dataclass ``cls`` from ``values``, converting each.
 
     :param owner: who the options belong to, for error messages (e.g. ``backend 'docker'``).
+    :param also_valid: further option names to list as valid in the error for an unknown one.
     """
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
-        valid = ", ".join(sorted(fields)) or "(none)"
+        valid = ", ".join(sorted(fields | also_valid)) or "(none)"
         raise OptionError(f"unknown option(s) for {owner}: {', '.join(unknown)}. Valid options: {valid}")
     converted = {key: _convert(key, value, hints[key]) for key, value in values.items()}
     try:

@@ -21,7 +21,7 @@ from sandboxkit.errors import (
     SandboxDiedError,
     SessionEndedError,
 )
-from sandboxkit.interpreter import SandboxInterpreter
+from sandboxkit.stdio_interpreter import SandboxInterpreter
 from sandboxkit.options import SessionOptions
 
 ROGUE = textwrap.dedent(
