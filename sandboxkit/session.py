@@ -23,6 +23,7 @@ from sandboxkit import protocol
 from sandboxkit.backend import Backend, SandboxProcess
 from sandboxkit.errors import BackendStartError, ProtocolError, SandboxDiedError
 from sandboxkit.options import SessionOptions
+from sandboxkit.streams import MessageReader, open_reader
 from sandboxkit_driver import driver_source
 
 __all__ = ["DriverSession", "ToolRunner"]
@@ -88,14 +89,14 @@ class DriverSession:
         self._options = options
         self._label = label
         self._process: SandboxProcess | None = None
-        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._send_lock = threading.Lock()
         self._stderr_tail: collections.deque[bytes] = collections.deque()
         self._stderr_size = 0
         self._stderr_done = threading.Event()
         self._closed = False
-        #: (execute id, tool runner) while an execute is in flight; read by the stdout reader.
-        self._running: tuple[str, ToolRunner, contextvars.Context] | None = None
+        self._reader: MessageReader | None = None
+        #: BaseExceptions raised by tools (e.g. KeyboardInterrupt), for the execute loop to re-raise.
+        self._tool_interrupts: collections.deque[BaseException] = collections.deque()
         self.python_version = ""
         #: Set on host threads while they run one of this session's tools.
         self.tool_context = threading.local()
@@ -105,7 +106,7 @@ class DriverSession:
         source = driver_source()
         self._process = self._backend.launch(protocol.driver_argv(), {})
         _live_sessions.add(self)
-        threading.Thread(target=self._read_stdout, name=f"sandboxkit-read-{self._label}", daemon=True).start()
+        self._reader = open_reader(self._process.stdout, self._options.max_message_bytes)
         threading.Thread(target=self._read_stderr, name=f"sandboxkit-stderr-{self._label}", daemon=True).start()
         try:
             self._write(source)
@@ -122,6 +123,11 @@ class DriverSession:
             self._raise_died("during start-up")
         if kind == "violation":
             self._fail_protocol(payload)
+        if kind == "message":
+            try:
+                protocol.validate(payload)
+            except protocol.Violation as exc:
+                self._fail_protocol(str(exc))
         if payload.get("type") != "hello":
             self._fail_protocol(f"expected the driver's hello first, got {payload.get('type')!r}")
         if payload["protocol"] != protocol.PROTOCOL_VERSION:
@@ -151,6 +157,8 @@ class DriverSession:
                 process.wait(1.0)
         finally:
             process.kill()
+            if self._reader is not None:
+                self._reader.close()
 
     @property
     def alive(self) -> bool:
@@ -163,22 +171,14 @@ class DriverSession:
         """Send an execute request (and its raw blobs); serve its tool calls; return
         (result message, interrupted).
 
-        Raises :class:`SandboxDiedError` or :class:`ProtocolError` (ending the session) when the
-        sandbox dies, breaks the protocol or ignores an interrupt past the grace period.
+        The calling thread reads the replies itself. Raises :class:`SandboxDiedError` or
+        :class:`ProtocolError` (ending the session) when the sandbox dies, breaks the protocol or
+        ignores an interrupt past the grace period.
         """
         timeout = self._options.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         # Tools run with the caller's context variables (dspy.context(lm=...) among them).
-        self._running = (exec_id, run_tool, contextvars.copy_context())
-        try:
-            return self._serve(message_json, blobs, exec_id, deadline)
-        finally:
-            self._running = None
-
-    def _serve(
-        self, message_json: str, blobs: list[bytes], exec_id: str, deadline: float | None
-    ) -> tuple[dict[str, Any], bool]:
-        timeout = self._options.timeout
+        caller = contextvars.copy_context()
         self._write(message_json.encode("utf-8", "surrogatepass") + b"\n", *blobs)
         interrupted = False
         while True:
@@ -197,15 +197,24 @@ class DriverSession:
                     + self._stderr_note(),
                     stderr_tail=self.stderr_tail(),
                 )
+            if kind == "wake":
+                if self._tool_interrupts:
+                    self.close()
+                    raise self._tool_interrupts.popleft()
+                continue
             if kind == "eof":
                 self._raise_died("during execute")
             if kind == "violation":
                 self._fail_protocol(payload)
-            if kind == "host_exception":
-                self.close()
-                raise payload
-            message = payload
-            if message["type"] == "result":
+            try:
+                message = protocol.validate(payload)
+            except protocol.Violation as exc:
+                self._fail_protocol(str(exc))
+            if message["type"] == "tool_call":
+                if message["exec"] != exec_id:
+                    self._fail_protocol("a tool call named an execute that is not running")
+                self._start_tool_call(message, run_tool, caller)
+            elif message["type"] == "result":
                 if message["id"] != exec_id:
                     self._fail_protocol("a result answered a request that was not made")
                 return message, interrupted
@@ -220,7 +229,9 @@ class DriverSession:
             try:
                 reply = run_tool(message["name"], message["args"], message["kwargs"])
             except BaseException as exc:  # interrupts reach the caller of execute
-                self._inbox.put(("host_exception", exc))
+                self._tool_interrupts.append(exc)
+                if self._reader is not None:
+                    self._reader.wake()
                 return
             finally:
                 self.tool_context.active = False
@@ -240,11 +251,8 @@ class DriverSession:
 
     # -- plumbing -------------------------------------------------------------------------
     def _next_event(self, deadline: float | None) -> tuple[str, Any]:
-        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            return self._inbox.get(timeout=wait)
-        except queue.Empty:
-            return "timeout", None
+        assert self._reader is not None
+        return self._reader.next_event(deadline)
 
     def _write(self, *chunks: bytes) -> None:
         """Write ``chunks`` back to back, atomically with respect to other writers."""
@@ -257,39 +265,6 @@ class DriverSession:
                 process.stdin.flush()
             except (OSError, ValueError) as exc:
                 raise SandboxDiedError(f"the sandbox stopped accepting input: {exc}") from exc
-
-    def _read_stdout(self) -> None:
-        process = self._process
-        assert process is not None
-        limit = self._options.max_message_bytes
-        try:
-            while True:
-                line = process.stdout.readline(limit + 1)
-                if not line:
-                    self._inbox.put(("eof", None))
-                    return
-                if not line.endswith(b"\n"):
-                    if len(line) > limit:
-                        raise protocol.Violation(f"a message exceeded the {limit}-byte limit (max_message_bytes)")
-                    self._inbox.put(("eof", None))
-                    return
-                try:
-                    message = json.loads(line)
-                except ValueError as exc:
-                    raise protocol.Violation(f"a line was not JSON: {line[:80]!r}") from exc
-                message = protocol.validate(message)
-                if message["type"] == "tool_call":
-                    # Dispatched from here, without a hop through the execute loop.
-                    running = self._running
-                    if running is None or message["exec"] != running[0]:
-                        raise protocol.Violation("a tool call named an execute that is not running")
-                    self._start_tool_call(message, running[1], running[2])
-                    continue
-                self._inbox.put(("message", message))
-        except protocol.Violation as exc:
-            self._inbox.put(("violation", str(exc)))
-        except Exception as exc:  # the stream broke under us: treat as the sandbox going away
-            self._inbox.put(("eof", exc))
 
     def _read_stderr(self) -> None:
         process = self._process

@@ -1,0 +1,181 @@
+"""Reading the sandbox's stdout as protocol messages, with a deadline.
+
+Two strategies behind one interface. :class:`PolledReader` is used whenever the stream has a
+file descriptor: the thread waiting for a reply reads it itself (``poll`` plus ``os.read``), so a
+reply reaches the caller without a thread hand-off. :class:`ThreadedReader` serves streams
+without one (e.g. an SDK's iterator) from a background thread. Both enforce the line-size cap,
+parse JSON, and can be woken early by another thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import threading
+import time
+from typing import IO, Any
+
+from sandboxkit.protocol import Violation
+
+__all__ = ["MessageReader", "PolledReader", "ThreadedReader", "open_reader"]
+
+_CHUNK = 1 << 20
+
+#: One reader event: ("message", dict), ("eof", None), ("violation", str), ("timeout", None) or
+#: ("wake", None).
+Event = tuple[str, Any]
+
+
+def _parse(line: bytes) -> Event:
+    try:
+        return "message", json.loads(line)
+    except ValueError:
+        return "violation", f"a line was not JSON: {line[:80]!r}"
+
+
+class MessageReader:
+    """Yields the sandbox's messages one at a time; only one thread reads at a time."""
+
+    def next_event(self, deadline: float | None) -> Event:
+        """The next event, or ``("timeout", None)`` once ``deadline`` (monotonic) has passed."""
+        raise NotImplementedError
+
+    def wake(self) -> None:
+        """Make a pending or the next :meth:`next_event` return ``("wake", None)`` promptly."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the reader's own resources (not the stream)."""
+
+
+class PolledReader(MessageReader):
+    def __init__(self, fd: int, max_line: int) -> None:
+        self._fd = fd
+        self._max_line = max_line
+        self._buffer = bytearray()
+        self._scanned = 0
+        self._eof = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
+        self._poll.register(self._wake_r, select.POLLIN)
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def _take_line(self) -> bytes | None:
+        index = self._buffer.find(b"\n", self._scanned)
+        if index < 0:
+            self._scanned = len(self._buffer)
+            if self._scanned > self._max_line:
+                raise Violation(f"a message exceeded the {self._max_line}-byte limit (max_message_bytes)")
+            return None
+        if index > self._max_line:
+            raise Violation(f"a message exceeded the {self._max_line}-byte limit (max_message_bytes)")
+        line = bytes(self._buffer[:index])
+        del self._buffer[: index + 1]
+        self._scanned = 0
+        return line
+
+    def next_event(self, deadline: float | None) -> Event:
+        while True:
+            try:
+                line = self._take_line()
+            except Violation as exc:
+                return "violation", str(exc)
+            if line is not None:
+                return _parse(line)
+            if self._eof:
+                return "eof", None
+            wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
+            ready = self._poll.poll(wait_ms)
+            if not ready:
+                if deadline is not None and time.monotonic() < deadline:
+                    continue
+                return "timeout", None
+            if any(fd == self._wake_r for fd, _ in ready):
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                return "wake", None
+            try:
+                data = os.read(self._fd, _CHUNK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._eof = True
+            else:
+                self._buffer += data
+
+    def wake(self) -> None:
+        with self._lock:  # never write to a descriptor number that close() released
+            if self._closed:
+                return
+            try:
+                os.write(self._wake_w, b"!")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+
+
+class ThreadedReader(MessageReader):
+    def __init__(self, stream: IO[bytes], max_line: int) -> None:
+        self._events: queue.Queue[Event] = queue.Queue()
+        threading.Thread(target=self._read, args=(stream, max_line), name="sandboxkit-stdout", daemon=True).start()
+
+    def _read(self, stream: IO[bytes], max_line: int) -> None:
+        try:
+            while True:
+                line = stream.readline(max_line + 1)
+                if not line:
+                    break
+                if not line.endswith(b"\n"):
+                    if len(line) > max_line:
+                        self._events.put(("violation", f"a message exceeded the {max_line}-byte limit (max_message_bytes)"))
+                        return
+                    break
+                event = _parse(line[:-1])
+                self._events.put(event)
+                if event[0] == "violation":
+                    return
+        except Exception:  # the stream broke under us: the sandbox is gone
+            pass
+        self._events.put(("eof", None))
+
+    def next_event(self, deadline: float | None) -> Event:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            event = self._events.get(timeout=wait)
+        except queue.Empty:
+            return "timeout", None
+        if event[0] == "eof":
+            self._events.put(event)  # stays at EOF for later callers
+        return event
+
+    def wake(self) -> None:
+        self._events.put(("wake", None))
+
+
+def open_reader(stream: IO[bytes], max_line: int) -> MessageReader:
+    """A :class:`PolledReader` on the stream's file descriptor when it has one (nothing else may
+    read the stream then), else a :class:`ThreadedReader`."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return ThreadedReader(stream, max_line)
+    if not hasattr(select, "poll"):
+        return ThreadedReader(stream, max_line)
+    return PolledReader(fd, max_line)
