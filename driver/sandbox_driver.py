@@ -10,9 +10,11 @@ extensions or child processes write can reach the protocol stream.
 """
 
 import ast
+import collections
 import json
 import linecache
 import os
+import select
 import signal
 import sys
 import threading
@@ -47,7 +49,10 @@ class ToolError(RuntimeError):
 
 
 class Channel(object):
-    """The protocol stream: JSON lines on private copies of the original fds 0 and 1."""
+    """The protocol stream: JSON lines on private copies of the original fds 0 and 1.
+
+    Whichever thread holds the driver's read role calls :meth:`read` (never two at once).
+    """
 
     def __init__(self):
         self.in_fd = os.dup(0)
@@ -64,8 +69,14 @@ class Channel(object):
             fcntl.fcntl(self.in_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
         except (ImportError, OSError):
             pass
-        self.reader = os.fdopen(self.in_fd, "rb", buffering=_CHUNK)
         self.lock = threading.Lock()
+        self.buffer = bytearray()
+        self.scanned = 0
+        self.head = None  # a parsed message still waiting for its blobs
+        self.eof = False
+        self.ready = collections.deque()  # complete messages not yet dispatched
+        self.poller = select.poll()
+        self.poller.register(self.in_fd, select.POLLIN)
 
     def send(self, message):
         data = (json.dumps(message, separators=(",", ":"), default=_unserializable) + "\n").encode(
@@ -76,24 +87,49 @@ class Channel(object):
                 written = os.write(self.out_fd, view)
                 view = view[written:]
 
-    def receive(self):
-        line = self.reader.readline()
-        if not line:
-            return None
-        message = json.loads(line.decode("utf-8", "surrogatepass"))
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            raise ValueError("protocol messages must be JSON objects with a 'type'")
-        sizes = message.get("blobs")
-        if sizes:
+    def _parse(self):
+        """Move complete messages from the buffer to ``ready``, in order."""
+        while True:
+            if self.head is None:
+                index = self.buffer.find(b"\n", self.scanned)
+                if index < 0:
+                    self.scanned = len(self.buffer)
+                    return
+                line = bytes(self.buffer[:index])
+                del self.buffer[:index + 1]
+                self.scanned = 0
+                message = json.loads(line.decode("utf-8", "surrogatepass"))
+                if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+                    raise ValueError("protocol messages must be JSON objects with a 'type'")
+                self.head = message
+            sizes = self.head.get("blobs") or []
+            needed = sum(sizes)
+            if len(self.buffer) < needed:
+                return
             # Raw UTF-8 payloads follow the line back to back, in order.
-            blobs = []
+            blobs, offset = [], 0
             for size in sizes:
-                data = self.reader.read(size)
-                if len(data) != size:
-                    return None
-                blobs.append(data.decode("utf-8", "surrogatepass"))
-            message["blobs"] = blobs
-        return message
+                blobs.append(bytes(self.buffer[offset:offset + size]).decode("utf-8", "surrogatepass"))
+                offset += size
+            del self.buffer[:needed]
+            message, self.head = self.head, None
+            if sizes:
+                message["blobs"] = blobs
+            self.ready.append(message)
+
+    def wait_readable(self):
+        """Block until input (or EOF) is waiting. May be interrupted by a signal: consumes nothing."""
+        self.poller.poll()
+
+    def take(self):
+        """Read what is waiting into ``ready``; False at EOF. Call only after wait_readable()."""
+        data = os.read(self.in_fd, _PIPE_SIZE)
+        if not data:
+            self.eof = True
+            return False
+        self.buffer += data
+        self._parse()
+        return True
 
     def diagnose(self, text):
         try:
@@ -199,14 +235,19 @@ class Driver(object):
         self.channel = channel
         self.capture = capture
         self.namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-        self.commands = []
-        self.commands_ready = threading.Condition()
+        self.commands = collections.deque()
+        # Whoever waits for a message reads the channel itself (one thread at a time, under
+        # ``io``), and hands on what others wait for: no reader thread, no hand-off in the common
+        # case. While code computes nobody reads; the timeout is a timer signal in this process.
+        self.io = threading.Condition()
+        self.reading = False
+        self.timed_out = False
         self.pending = {}
         self.pending_lock = threading.Lock()
         self.exec_id = None
         self.interruptible = False
-        self.interrupt_requested = False
-        self.tool_names = set()
+        self.user_interruptible = False
+        self.tool_stubs = {}
         self.output_fields = None
         self.cache = {}
         self.cache_key_of = {}
@@ -216,12 +257,49 @@ class Driver(object):
         self.counter = 0
 
     # -- host messages -------------------------------------------------------------------
-    def read_host(self):
-        try:
-            while True:
-                message = self.channel.receive()
-                if message is None:
-                    break
+    def pump(self, done):
+        """Read and dispatch messages until ``done()`` is true (or the host is gone).
+
+        On the main thread during an execute, the timeout may interrupt the wait; it can only
+        strike while waiting in poll, never while input is being consumed.
+        """
+        on_main = threading.get_ident() == self.main_ident
+        may_interrupt = on_main and self.exec_id is not None and self.user_interruptible
+        while True:
+            with self.io:
+                while not done() and not self.host_gone and self.reading:
+                    self.io.wait()
+                if done() or self.host_gone:
+                    return
+                self.reading = True
+            try:
+                if may_interrupt:
+                    if self.timed_out:
+                        raise _Interrupted()
+                    self.interruptible = True
+                self.channel.wait_readable()
+                if may_interrupt:
+                    self.interruptible = False
+                alive = self.channel.take()
+            except _Interrupted:
+                raise
+            except Exception as exc:
+                self.channel.diagnose("sandboxkit driver: bad input from host: %s: %s\n"
+                                      % (type(exc).__name__, exc))
+                alive = False
+            finally:
+                if may_interrupt:
+                    self.interruptible = False
+                with self.io:
+                    self.reading = False
+                    self.io.notify_all()
+            self.dispatch(alive)
+
+    def dispatch(self, alive):
+        """Route the messages the channel has ready; ``alive`` False means the host is gone."""
+        with self.io:
+            while self.channel.ready:
+                message = self.channel.ready.popleft()
                 kind = message["type"]
                 if kind == "tool_result":
                     with self.pending_lock:
@@ -231,34 +309,31 @@ class Driver(object):
                         call.event.set()
                 elif kind == "interrupt":
                     if message.get("id") == self.exec_id and self.exec_id is not None:
-                        self.interrupt_requested = True
-                        if self.interruptible:
-                            signal.pthread_kill(self.main_ident, signal.SIGUSR1)
+                        self.timed_out = True
+                        if self.interruptible and threading.get_ident() != self.main_ident:
+                            signal.pthread_kill(self.main_ident, signal.SIGALRM)
                 else:
-                    self._queue(message)
-        except Exception as exc:
-            self.channel.diagnose("sandboxkit driver: bad message from host: %s: %s\n" % (type(exc).__name__, exc))
-        self.host_gone = True
-        with self.pending_lock:
-            calls = list(self.pending.values())
-        for call in calls:
-            call.event.set()
-        self._queue(None)
-
-    def _queue(self, message):
-        with self.commands_ready:
-            self.commands.append(message)
-            self.commands_ready.notify()
+                    self.commands.append(message)
+            if not alive:
+                self.host_gone = True
+                with self.pending_lock:
+                    calls = list(self.pending.values())
+                for call in calls:
+                    call.event.set()
+            self.io.notify_all()
 
     def next_command(self):
-        with self.commands_ready:
-            while not self.commands:
-                self.commands_ready.wait()
-            return self.commands.pop(0)
+        """The next execute or shutdown request, or None when the host is gone."""
+        self.pump(lambda: bool(self.commands))
+        return self.commands.popleft() if self.commands else None
 
-    def on_interrupt_signal(self, signum, frame):
-        if self.interruptible and self.interrupt_requested:
-            self.interrupt_requested = False
+    def on_timeout_signal(self, signum, frame):
+        """The execute's timer fired: interrupt user code now if that is safe, else flag it."""
+        if self.exec_id is None:
+            return
+        self.timed_out = True
+        if self.interruptible:
+            self.interruptible = False
             raise _Interrupted()
 
     # -- sandbox-side API ------------------------------------------------------------------
@@ -266,6 +341,13 @@ class Driver(object):
         exec_id = self.exec_id
         if exec_id is None:
             raise ToolError("RuntimeError: tools can only be called while an execute is running")
+        on_main = threading.get_ident() == self.main_ident
+        if on_main:
+            # No timeout signal may land while the call is sent or input consumed; pump() lets it
+            # strike only while waiting in poll.
+            self.interruptible = False
+            if self.timed_out:
+                raise _Interrupted()
         call_id = os.urandom(12).hex()
         call = PendingCall()
         with self.pending_lock:
@@ -276,11 +358,15 @@ class Driver(object):
                                    "args": list(args), "kwargs": kwargs})
             except (TypeError, ValueError) as exc:
                 raise TypeError("arguments to tool %r must be JSON-compatible: %s" % (name, exc))
-            while not call.event.wait(0.5):
-                pass
+            self.pump(call.event.is_set)
         finally:
             with self.pending_lock:
                 self.pending.pop(call_id, None)
+            if on_main:
+                self.interruptible = self.user_interruptible
+        if on_main and self.timed_out:
+            self.interruptible = False
+            raise _Interrupted()
         reply = call.reply
         if reply is None:
             raise ToolError("RuntimeError: the host went away during the call to tool %r" % name)
@@ -332,13 +418,14 @@ class Driver(object):
 
     # -- executing -----------------------------------------------------------------------
     def configure(self, message):
-        tools = message.get("tools") or []
-        for name in self.tool_names:
-            self.namespace.pop(name, None)
-        self.tool_names = set()
-        for spec in tools:
-            self.namespace[spec["name"]] = self.make_tool(spec["name"], spec.get("doc"))
-            self.tool_names.add(spec["name"])
+        """Bind the tool stubs and SUBMIT. ``tools`` absent means: the same tools as last time."""
+        tools = message.get("tools")
+        if tools is not None:
+            for name in self.tool_stubs:
+                self.namespace.pop(name, None)
+            self.tool_stubs = dict((spec["name"], self.make_tool(spec["name"], spec.get("doc"))) for spec in tools)
+        # Rebound on every execute, so code that overwrote a tool's name gets the tool back.
+        self.namespace.update(self.tool_stubs)
         fields = message.get("output_fields")
         self.output_fields = list(fields) if fields is not None else None
         self.namespace["SUBMIT"] = self.submit
@@ -362,8 +449,11 @@ class Driver(object):
                     self.cache_key_of[name] = key
             self.namespace[name] = value
 
-    def run(self, code):
-        """Run ``code``; return the value of a final expression statement (or None)."""
+    def run(self, code, timeout):
+        """Run ``code``; return the value of a final expression statement (or None).
+
+        A ``timeout`` (seconds) arms a timer whose signal interrupts the code where it stands.
+        """
         self.counter += 1
         filename = "%s%d>" % (_FILE_PREFIX, self.counter)
         # Registered so tracebacks (and inspect) show the user's source lines.
@@ -374,19 +464,25 @@ class Driver(object):
             last = tree.body.pop()
         body = compile(tree, filename, "exec")
         tail = compile(ast.Expression(last.value), filename, "eval") if last is not None else None
+        if timeout:
+            signal.setitimer(signal.ITIMER_REAL, max(float(timeout), 0.001))
+        self.user_interruptible = True
         self.interruptible = True
-        if self.interrupt_requested:
-            raise _Interrupted()
-        exec(body, self.namespace)
-        if tail is not None:
-            return eval(tail, self.namespace)
-        return None
+        try:
+            if self.timed_out:
+                raise _Interrupted()
+            exec(body, self.namespace)
+            value = eval(tail, self.namespace) if tail is not None else None
+        finally:
+            # Once this is False no signal raises again, so the caller's handlers run in peace.
+            self.interruptible = False
+        return value
 
     def execute(self, message):
         exec_id = message["id"]
         self.capture.begin(int(message.get("output_limit") or 1000000))
         self.submission = None
-        self.interrupt_requested = False
+        self.timed_out = False
         self.exec_id = exec_id
         reply = {"type": "result", "id": exec_id}
         try:
@@ -396,8 +492,7 @@ class Driver(object):
                     self.inject(message.get("variables") or {}, message.get("blobs") or [])
                 except Exception as exc:
                     raise _BadRequest("%s: %s" % (type(exc).__name__, _safe_str(exc)))
-                value = self.run(message["code"])
-                self.interruptible = False
+                value = self.run(message["code"], message.get("timeout"))
                 if self.submission is not None:
                     reply.update(status="final", fields=self.submission)
                 else:
@@ -420,6 +515,8 @@ class Driver(object):
             else:
                 reply.update(status="error", ename=type(exc).__name__, evalue=_safe_str(exc),
                              traceback=_user_traceback(sys.exc_info()))
+        self.user_interruptible = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
         self.exec_id = None
         output, dropped = self.capture.collect()
         reply["output"] = output
@@ -427,8 +524,7 @@ class Driver(object):
         self.channel.send(reply)
 
     def serve(self):
-        signal.signal(signal.SIGUSR1, self.on_interrupt_signal)
-        threading.Thread(target=self.read_host, name="sandboxkit-host", daemon=True).start()
+        signal.signal(signal.SIGALRM, self.on_timeout_signal)
         self.channel.send({
             "type": "hello",
             "protocol": PROTOCOL_VERSION,

@@ -51,14 +51,17 @@ class SandboxInterpreter:
         self.options = options or SessionOptions()
         self._tools: dict[str, Callable[..., Any]] = dict(tools or {})
         self.output_fields = output_fields
-        #: DSPy's RLM resets this to ask for tools to be registered again; tools are sent with
-        #: every execute, so it only records that they were.
+        #: DSPy's RLM resets this to ask for tools to be registered again: the next execute then
+        #: resends the tool list even if it looks unchanged.
         self._tools_registered = False
         self._session: DriverSession | None = None
         self._ended = False
         self._lifecycle_lock = threading.Lock()
         self._execute_lock = threading.Lock()
         self._cache = values.VariableCache()
+        #: The tools the driver has stubs for (after the last successful execute).
+        self._sent_tools: dict[str, Callable[..., Any]] | None = None
+        self._tool_docs: dict[Callable[..., Any], str] = {}
 
     # -- the CodeInterpreter protocol -----------------------------------------------------
     @property
@@ -164,15 +167,15 @@ class SandboxInterpreter:
                 "type": "execute",
                 "id": exec_id,
                 "code": code,
-                "tools": [{"name": name, "doc": _tool_doc(fn)} for name, fn in tools.items()],
+                **self._tools_update(tools),
                 "output_fields": output_names,
                 "output_limit": self.options.output_limit,
+                "timeout": self.options.timeout,
                 "blobs": [len(blob) for blob in blobs],
             },
             ensure_ascii=False,
         )
         message = head[:-1] + ',"variables":' + variables_json + "}"
-        self._tools_registered = True
         try:
             result, interrupted = session.execute(message, blobs, exec_id, lambda n, a, k: self._run_tool(tools, n, a, k))
         except CodeInterpreterError:
@@ -182,7 +185,27 @@ class SandboxInterpreter:
             self._end_after_failure()
             raise
         self._cache.commit()
+        self._sent_tools = tools
+        self._tools_registered = True
         return self._interpret(result, interrupted)
+
+    def _tools_update(self, tools: dict[str, Callable[..., Any]]) -> dict[str, Any]:
+        """The execute message's ``tools`` entry: omitted when the driver already has these tools."""
+        if self._tools_registered and self._sent_tools is not None and _same_tools(tools, self._sent_tools):
+            return {}
+        return {"tools": [{"name": name, "doc": self._tool_doc(fn)} for name, fn in tools.items()]}
+
+    def _tool_doc(self, fn: Callable[..., Any]) -> str:
+        try:
+            return self._tool_docs[fn]
+        except (KeyError, TypeError):
+            pass
+        doc = _tool_doc(fn)
+        try:
+            self._tool_docs[fn] = doc
+        except TypeError:  # unhashable callable
+            pass
+        return doc
 
     def _end_after_failure(self) -> None:
         with self._lifecycle_lock:
@@ -245,6 +268,10 @@ class SandboxInterpreter:
         else:
             message = f"{result['ename']}: {result['evalue']}"
         raise CodeExecutionError(message + _output_note(output))
+
+
+def _same_tools(a: dict[str, Callable[..., Any]], b: dict[str, Callable[..., Any]]) -> bool:
+    return a.keys() == b.keys() and all(a[name] is b[name] for name in a)
 
 
 async def _awaited(awaitable: Any) -> Any:

@@ -13,6 +13,7 @@ import inspect
 import itertools
 import json
 import keyword
+import weakref
 from typing import Any, Callable
 
 from sandboxkit.errors import CodeInterpreterError
@@ -127,6 +128,26 @@ def check_variable_names(variables: dict[str, Any], tools: dict[str, Any]) -> No
         )
 
 
+_signatures: weakref.WeakKeyDictionary[Any, inspect.Signature | None] = weakref.WeakKeyDictionary()
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """``inspect.signature(fn)``, remembered for as long as ``fn`` lives; None if it has none."""
+    try:
+        return _signatures[fn]
+    except (KeyError, TypeError):
+        pass
+    try:
+        signature: inspect.Signature | None = inspect.signature(fn)
+    except (TypeError, ValueError):
+        signature = None
+    try:
+        _signatures[fn] = signature
+    except TypeError:  # not weak-referenceable or unhashable
+        pass
+    return signature
+
+
 def bind_tool_call(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     """Map a sandbox call's positional arguments onto the tool's parameter names.
 
@@ -134,9 +155,8 @@ def bind_tool_call(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, An
     original signature), so positional arguments become keywords wherever the signature allows.
     Raises ``TypeError`` (shown in the sandbox) when the arguments do not fit the signature.
     """
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):
+    signature = _signature(fn)
+    if signature is None:
         return list(args), dict(kwargs)
     bound = signature.bind(*args, **kwargs)
     call_args: list[Any] = []
