@@ -1,8 +1,8 @@
 """Benchmark: sandboxkit's ``subprocess`` backend against ``dspy.LocalInterpreter``.
 
 Both run in this process on this machine, measured in one run with their samples interleaved
-(sandboxkit, LocalInterpreter, sandboxkit, ...) so that drift on a shared machine hits both
-sides alike. Every figure is a median of ``time.perf_counter`` samples in milliseconds.
+in short blocks (sandboxkit, LocalInterpreter, LocalInterpreter, sandboxkit, ...; one sample a
+block for the costly rows) so that drift on a shared machine hits both sides alike. Every figure is a median of ``time.perf_counter`` samples in milliseconds.
 
 What is measured (see docs/performance.md for what each number means):
 
@@ -72,6 +72,8 @@ class Row:
     #: Samples per side in a full run and in a --quick run.
     samples: int
     quick_samples: int
+    #: Samples taken in a row on one side before switching (blocks alternate A B B A ...).
+    block: int = 1
 
     @property
     def target_text(self) -> str:
@@ -84,12 +86,12 @@ class Row:
 
 ROWS = (
     Row("start", "start (construct + start)", None, None, 40, 3),
-    Row("execute", "execute x += 1", "ratio", 0.5, 400, 5),
+    Row("execute", "execute x += 1", "ratio", 0.5, 400, 5, block=20),
     Row("execute_idle", f"execute x += 1 after {IDLE_MS} ms idle", None, None, 60, 3),
-    Row("tool", "tool call f(1), whole execute", "ratio", 0.5, 300, 5),
-    Row("tool_per_call", f"tool per call ({TOOL_LOOP_CALLS} in one execute)", "ratio", 0.5, 40, 3),
+    Row("tool", "tool call f(1), whole execute", "ratio", 0.5, 300, 5, block=20),
+    Row("tool_per_call", f"tool per call ({TOOL_LOOP_CALLS} in one execute)", "ratio", 0.5, 40, 3, block=5),
     Row("doc_first", "10 MB variable, first execute", "ratio", 0.5, 20, 2),
-    Row("doc_repeated", "10 MB variable, repeated execute", "absolute", 1.0, 40, 3),
+    Row("doc_repeated", "10 MB variable, repeated execute", "absolute", 1.0, 40, 3, block=5),
 )
 
 
@@ -262,7 +264,11 @@ def summarize(samples: list[float]) -> dict[str, Any]:
 
 
 def measure(row: Row, quick: bool, doc: str) -> dict[str, dict[str, Any]]:
-    """Interleave the two sides' samples of one row: A, B, A, B, ..."""
+    """Interleave the two sides' samples of one row in blocks of ``row.block``: A B B A A B ...
+
+    Short blocks cancel drift the way single alternation does, while each round trip is measured
+    warm, as it runs in a loop, rather than just after the other side disturbed the caches.
+    """
     sides = {name: Side(name) for name in (SANDBOXKIT, LOCAL)}
     states: dict[str, dict[str, Any]] = {name: {"doc": doc} for name in sides}
     sampler = SAMPLERS[row.key]
@@ -271,11 +277,15 @@ def measure(row: Row, quick: bool, doc: str) -> dict[str, dict[str, Any]]:
     samples: dict[str, list[float]] = {name: [] for name in sides}
     gc.collect()
     try:
-        for i in range(warmup + count):
-            for name, side in sides.items():
-                ms = sampler(side, states[name])
-                if i >= warmup:
-                    samples[name].append(ms)
+        block = 1 if quick else row.block
+        order = list(sides)
+        for _ in range(warmup):
+            for name in order:
+                sampler(sides[name], states[name])
+        for block_index in range(-(-count // block)):
+            for name in order if block_index % 2 == 0 else reversed(order):
+                for _ in range(min(block, count - block_index * block)):
+                    samples[name].append(sampler(sides[name], states[name]))
         check = CHECKS.get(row.key)
         if check is not None:
             for name in sides:
@@ -360,7 +370,7 @@ def format_table(results: dict[str, Any]) -> str:
         f"sandboxkit {env['sandboxkit']}" + (f" ({env['commit']})" if env.get("commit") else "")
         + f", subprocess backend, vs dspy.LocalInterpreter (DSPy {env['dspy']})",
         f"{env['date']}; Python {env['python']}; {env['cpus']} CPUs; {env['platform']}",
-        "medians of interleaved samples" + (" (QUICK RUN: too few samples to rely on)" if results["quick"] else ""),
+        "medians of samples interleaved in short blocks" + (" (QUICK RUN: too few samples to rely on)" if results["quick"] else ""),
         "",
     ]
     rows = [header]

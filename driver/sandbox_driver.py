@@ -24,6 +24,7 @@ import traceback
 PROTOCOL_VERSION = 1
 _CHUNK = 1 << 16
 _PIPE_SIZE = 1 << 20
+_SPIN_SECONDS = 0.0002
 _FILE_PREFIX = "<sandbox-"
 _DRIVER_FILE = "sandboxkit_driver.py"
 
@@ -117,9 +118,18 @@ class Channel(object):
                 message["blobs"] = blobs
             self.ready.append(message)
 
-    def wait_readable(self):
-        """Block until input (or EOF) is waiting. May be interrupted by a signal: consumes nothing."""
-        self.poller.poll()
+    def wait_readable(self, spin):
+        """Block until input (or EOF) is waiting. May be interrupted by a signal: consumes nothing.
+
+        With ``spin``, polls without sleeping for a moment first, so a quick answer costs no
+        wake-up (only worth it when no other thread needs the interpreter lock meanwhile).
+        """
+        poll = self.poller.poll
+        end = time.perf_counter() + (_SPIN_SECONDS if spin else 0.0)
+        while not poll(0):
+            if time.perf_counter() >= end:
+                poll()
+                return
 
     def take(self):
         """Read what is waiting into ``ready``; False at EOF. Call only after wait_readable()."""
@@ -255,6 +265,8 @@ class Driver(object):
         self.main_ident = threading.get_ident()
         self.host_gone = False
         self.counter = 0
+        #: Threads the driver itself runs (main and the output watchdog).
+        self.own_threads = threading.active_count()
 
     # -- host messages -------------------------------------------------------------------
     def pump(self, done):
@@ -277,7 +289,7 @@ class Driver(object):
                     if self.timed_out:
                         raise _Interrupted()
                     self.interruptible = True
-                self.channel.wait_readable()
+                self.channel.wait_readable(on_main and threading.active_count() <= self.own_threads)
                 if may_interrupt:
                     self.interruptible = False
                 alive = self.channel.take()

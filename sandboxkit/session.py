@@ -95,6 +95,8 @@ class DriverSession:
         self._stderr_done = threading.Event()
         self._closed = False
         self._reader: MessageReader | None = None
+        self._tools_lock = threading.Lock()
+        self._tools_running = 0
         #: BaseExceptions raised by tools (e.g. KeyboardInterrupt), for the execute loop to re-raise.
         self._tool_interrupts: collections.deque[BaseException] = collections.deque()
         self.python_version = ""
@@ -223,12 +225,14 @@ class DriverSession:
 
     def _start_tool_call(self, message: dict[str, Any], run_tool: ToolRunner, caller: contextvars.Context) -> None:
         context = caller.copy()  # one copy per call: concurrent calls cannot share an entered context
+        self._tool_started()
 
         def run() -> None:
             self.tool_context.active = True
             try:
                 reply = run_tool(message["name"], message["args"], message["kwargs"])
             except BaseException as exc:  # interrupts reach the caller of execute
+                self._tool_finished()
                 self._tool_interrupts.append(exc)
                 if self._reader is not None:
                     self._reader.wake()
@@ -246,8 +250,25 @@ class DriverSession:
                 self._write(data)
             except SandboxDiedError:
                 pass  # the execute loop reports the death
+            finally:
+                self._tool_finished()
 
         _TOOL_WORKERS.submit(lambda: context.run(run))
+
+    def _tool_started(self) -> None:
+        with self._tools_lock:
+            self._tools_running += 1
+            if self._reader is not None:
+                self._reader.spin = False
+
+    def _tool_finished(self) -> None:
+        with self._tools_lock:
+            self._tools_running -= 1
+            if self._tools_running == 0 and self._reader is not None:
+                self._reader.spin = True
+                # Wake the execute thread now, while the driver works on the reply, so it is
+                # already polling without sleep when the driver's next message comes.
+                self._reader.wake()
 
     # -- plumbing -------------------------------------------------------------------------
     def _next_event(self, deadline: float | None) -> tuple[str, Any]:

@@ -22,6 +22,8 @@ from sandboxkit.protocol import Violation
 __all__ = ["MessageReader", "PolledReader", "ThreadedReader", "open_reader"]
 
 _CHUNK = 1 << 20
+#: How long a reader polls without sleeping before it blocks (seconds).
+SPIN_SECONDS = 0.0002
 
 #: One reader event: ("message", dict), ("eof", None), ("violation", str), ("timeout", None) or
 #: ("wake", None).
@@ -37,6 +39,8 @@ def _parse(line: bytes) -> Event:
 
 class MessageReader:
     """Yields the sandbox's messages one at a time; only one thread reads at a time."""
+
+    spin = False
 
     def next_event(self, deadline: float | None) -> Event:
         """The next event, or ``("timeout", None)`` once ``deadline`` (monotonic) has passed."""
@@ -65,6 +69,9 @@ class PolledReader(MessageReader):
         self._poll.register(self._wake_r, select.POLLIN)
         self._closed = False
         self._lock = threading.Lock()
+        #: Whether to poll briefly before sleeping; the session turns it off while host tools run,
+        #: since they need the interpreter lock that spinning would keep taking.
+        self.spin = True
 
     def _take_line(self) -> bytes | None:
         index = self._buffer.find(b"\n", self._scanned)
@@ -90,8 +97,10 @@ class PolledReader(MessageReader):
                 return _parse(line)
             if self._eof:
                 return "eof", None
-            wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
-            ready = self._poll.poll(wait_ms)
+            ready = self._spin() if self.spin else []
+            if not ready:
+                wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
+                ready = self._poll.poll(wait_ms)
             if not ready:
                 if deadline is not None and time.monotonic() < deadline:
                     continue
@@ -113,6 +122,15 @@ class PolledReader(MessageReader):
                 self._eof = True
             else:
                 self._buffer += data
+
+    def _spin(self) -> list[tuple[int, int]]:
+        """Poll without sleeping for a moment first: a quick reply then costs no wake-up."""
+        poll = self._poll.poll
+        end = time.perf_counter() + SPIN_SECONDS
+        while True:
+            ready = poll(0)
+            if ready or time.perf_counter() >= end:
+                return ready
 
     def wake(self) -> None:
         with self._lock:  # never write to a descriptor number that close() released
