@@ -161,8 +161,8 @@ class OutputCapture(object):
     briefly and memory never.
     """
 
-    FLOOD_SLACK = 8 << 20
-    WATCH_INTERVAL = 0.05
+    FLOOD_SLACK = 4 << 20
+    WATCH_INTERVAL = 0.01
 
     def __init__(self):
         import tempfile

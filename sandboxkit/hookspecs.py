@@ -19,3 +19,13 @@ def sandboxkit_register_backends(register: Callable[[type], None]) -> None:
     :param register: call it once per :class:`sandboxkit.Backend` subclass. A plugin loaded
         through the entry point ``NAME`` must register a backend whose ``name`` is ``NAME``.
     """
+
+
+@hookspec
+def sandboxkit_gc(dry_run: bool) -> list[str]:
+    """Remove this backend's sandboxes whose owning host process is provably gone.
+
+    :param dry_run: only report what would be removed.
+    :return: one line per sandbox removed (or that would be), naming it.
+    Leave every sandbox alone whose owner may still be alive (see ``sandboxkit.ownership``).
+    """

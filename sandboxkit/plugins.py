@@ -17,7 +17,7 @@ from sandboxkit import hookspecs
 from sandboxkit.backend import Availability, Backend
 from sandboxkit.errors import BackendNotFoundError
 
-__all__ = ["BackendInfo", "DISABLE_ENV", "ENTRY_POINT_GROUP", "describe_backends", "load_backend"]
+__all__ = ["BackendInfo", "DISABLE_ENV", "ENTRY_POINT_GROUP", "collect_garbage", "describe_backends", "load_backend"]
 
 ENTRY_POINT_GROUP = hookspecs.NAME
 DISABLE_ENV = "SANDBOXKIT_DISABLE_PLUGINS"
@@ -127,3 +127,24 @@ def describe_backends() -> list[BackendInfo]:
             )
         )
     return infos
+
+
+def collect_garbage(names: list[str] | None = None, dry_run: bool = False) -> dict[str, list[str]]:
+    """Run each enabled plugin's ``sandboxkit_gc`` hook (or only those in ``names``).
+
+    Returns what each plugin removed (or would remove), by plugin name; a plugin that fails
+    reports its error as its only line.
+    """
+    results: dict[str, list[str]] = {}
+    for name in names or installed_names():
+        if name in _disabled() or name not in _entry_points():
+            raise _not_found(name)
+        pm = _plugin_manager()
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+        pm.check_pending()
+        try:
+            found = [line for lines in pm.hook.sandboxkit_gc(dry_run=dry_run) for line in lines]
+        except Exception as exc:
+            found = [f"error: {type(exc).__name__}: {exc}"]
+        results[name] = found
+    return results

@@ -294,5 +294,13 @@ def _with_truncation_note(output: str, dropped: int, limit: int) -> str:
     return output + f"\n[sandboxkit: output truncated: {dropped} more bytes not shown (output_limit={limit})]\n"
 
 
+_NOTE_CHARS = 20_000
+
+
 def _output_note(output: str) -> str:
-    return f"\n\nOutput before the error:\n{output}" if output.strip() else ""
+    """The output printed before an error, for its message (the last part of it if long)."""
+    if not output.strip():
+        return ""
+    if len(output) > _NOTE_CHARS:
+        output = f"[... {len(output) - _NOTE_CHARS} earlier characters not shown ...]\n" + output[-_NOTE_CHARS:]
+    return f"\n\nOutput before the error:\n{output}"

@@ -1,0 +1,228 @@
+"""The ``docker`` backend: one hardened container per interpreter on a local Docker engine.
+
+Secure by default (every default can be changed by an option): no network, a read-only root
+file system with small writable tmpfs mounts for ``/tmp`` and the working directory, all
+capabilities dropped, ``no-new-privileges``, a non-root user, process, memory and CPU limits,
+an init process that reaps zombies, no host mounts and never the Docker socket.
+
+The Docker SDK is imported only when the backend is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Sequence
+
+import sandboxkit
+from sandboxkit import ownership
+from sandboxkit.backend import Availability, Backend, Capability, SandboxProcess
+from sandboxkit.errors import BackendStartError, OptionError
+
+__all__ = ["DockerBackend", "DockerOptions"]
+
+DEFAULT_IMAGE = "python:3.12-slim"
+IMAGE_ENV = "SANDBOXKIT_DOCKER_IMAGE"
+WORKDIR = "/work"
+_SOCKET_PATHS = ("/var/run/docker.sock", "/run/docker.sock")
+_INSTALL_HINT = "install the SDK with: pip install 'sandboxkit[docker]'"
+
+
+def _default_image() -> str:
+    return os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE
+
+
+@dataclasses.dataclass(frozen=True)
+class DockerOptions:
+    """Options of the ``docker`` backend (see docs/backends/docker.md)."""
+
+    #: Image with a Python 3.8+ as ``python3``; default ``$SANDBOXKIT_DOCKER_IMAGE`` or python:3.12-slim.
+    image: str = dataclasses.field(default_factory=_default_image)
+    #: Memory limit (Docker syntax: 512m, 2g); swap is not allowed beyond it.
+    memory: str = "512m"
+    #: CPU limit, in CPUs.
+    cpus: float = 1.0
+    #: Most processes (and threads) the container may run.
+    pids_limit: int = 128
+    #: Docker network mode; "none" leaves only loopback.
+    network: str = "none"
+    #: Make the root file system read-only (writable tmpfs at /tmp and the working directory).
+    read_only: bool = True
+    #: Size of each tmpfs mount.
+    tmpfs_size: str = "64m"
+    #: User (uid:gid) the code runs as; 65534 is "nobody".
+    user: str = "65534:65534"
+    #: Drop every Linux capability.
+    drop_capabilities: bool = True
+    #: Forbid gaining privileges (setuid binaries and the like).
+    no_new_privileges: bool = True
+    #: Run Docker's init as PID 1, so child processes are reaped.
+    init: bool = True
+    #: Extra environment variables for the sandbox.
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Read-only host mounts, as HOST_PATH:CONTAINER_PATH.
+    mounts: tuple[str, ...] = ()
+    #: Read-write host mounts, as HOST_PATH:CONTAINER_PATH.
+    rw_mounts: tuple[str, ...] = ()
+    #: Extra container labels.
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Engine address (e.g. unix:///var/run/docker.sock); default: the environment (DOCKER_HOST).
+    docker_host: str | None = None
+
+    def __post_init__(self) -> None:
+        for spec in (*self.mounts, *self.rw_mounts):
+            host, sep, target = spec.partition(":")
+            if not sep or not host or not target.startswith("/"):
+                raise OptionError(f"mount {spec!r} must be HOST_PATH:/CONTAINER_PATH")
+            real = os.path.realpath(host)
+            if real in {os.path.realpath(p) for p in _SOCKET_PATHS} or real.endswith("docker.sock"):
+                raise OptionError(
+                    f"mount {spec!r} would hand the sandbox the Docker socket, i.e. root on the host; "
+                    "sandboxkit never mounts it"
+                )
+
+
+def _client(options: DockerOptions | None = None) -> Any:
+    import docker
+
+    if options is not None and options.docker_host:
+        return docker.DockerClient(base_url=options.docker_host, timeout=60)
+    return docker.from_env(timeout=60)
+
+
+def _engine_problem(exc: Exception) -> tuple[str, str]:
+    text = str(exc)
+    if "Permission denied" in text or "PermissionError" in text:
+        return (f"permission denied on the Docker socket ({text})",
+                "add your user to the 'docker' group (then log in again), or run as a user that may use Docker")
+    return (f"no Docker engine is answering ({text})",
+            "start Docker (e.g. 'sudo systemctl start docker' or Docker Desktop), or point DOCKER_HOST at one")
+
+
+class DockerBackend(Backend):
+    name = "docker"
+    description = "a hardened container on a local Docker engine (no network, read-only, non-root, limits)"
+    capabilities = frozenset({
+        Capability.ISOLATED_ENV, Capability.CHILD_PROCESSES, Capability.MEMORY_LIMIT,
+        Capability.NO_NETWORK, Capability.FILESYSTEM_ISOLATION, Capability.SCRATCH_DIR,
+    })
+    Options = DockerOptions
+    execution_instructions = (
+        "Code runs as CPython in a persistent, isolated Linux container with the standard library and no "
+        "network. Variables, imports and functions persist across executions. /tmp and the working directory "
+        "are small writable scratch space. Host tools and SUBMIT are global functions; tool arguments and "
+        "results must be JSON-compatible. Output of print is returned to you."
+    )
+    options: DockerOptions
+
+    @classmethod
+    def check(cls) -> Availability:
+        try:
+            import docker  # noqa: F401
+        except ImportError:
+            return Availability.unusable("the Docker SDK for Python is not installed", _INSTALL_HINT)
+        try:
+            _client().ping()
+        except Exception as exc:
+            reason, hint = _engine_problem(exc)
+            return Availability.unusable(reason, hint)
+        return Availability.ok()
+
+    def _container_config(self, argv: Sequence[str], env: Mapping[str, str]) -> dict[str, Any]:
+        o = self.options
+        tmpfs_opts = f"rw,nosuid,nodev,size={o.tmpfs_size},mode=1777"
+        # Docker resets a working directory's mode to 755, so give it to the sandbox's user.
+        uid, _, gid = o.user.partition(":")
+        workdir_opts = tmpfs_opts
+        if uid.isdigit() and (not gid or gid.isdigit()):
+            workdir_opts = f"rw,nosuid,nodev,size={o.tmpfs_size},uid={uid},gid={gid or uid}"
+        volumes = {}
+        for spec, mode in [(m, "ro") for m in o.mounts] + [(m, "rw") for m in o.rw_mounts]:
+            host, _, target = spec.partition(":")
+            volumes[os.path.realpath(host)] = {"bind": target, "mode": mode}
+        environment = {"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **o.env, **env}
+        config: dict[str, Any] = dict(
+            image=o.image,
+            command=["python3", *argv[1:]],
+            stdin_open=True,
+            tty=False,
+            network_mode=o.network,
+            read_only=o.read_only,
+            tmpfs={"/tmp": tmpfs_opts, WORKDIR: workdir_opts},
+            working_dir=WORKDIR,
+            user=o.user,
+            pids_limit=o.pids_limit,
+            mem_limit=o.memory,
+            memswap_limit=o.memory,
+            nano_cpus=int(o.cpus * 1e9),
+            init=o.init,
+            environment=environment,
+            volumes=volumes or None,
+            labels={**o.labels, **ownership.owner_labels()},
+            detach=True,
+        )
+        if o.drop_capabilities:
+            config["cap_drop"] = ["ALL"]
+        if o.no_new_privileges:
+            config["security_opt"] = ["no-new-privileges"]
+        return config
+
+    def launch(self, argv: Sequence[str], env: Mapping[str, str]) -> SandboxProcess:
+        import docker.errors
+
+        from sandboxkit_docker.process import ContainerProcess
+
+        try:
+            client = _client(self.options)
+            client.ping()
+        except Exception as exc:
+            reason, hint = _engine_problem(exc)
+            raise BackendStartError(f"the docker backend cannot start a sandbox: {reason}; {hint}") from exc
+        config = self._container_config(argv, env)
+        try:
+            container = client.containers.create(**config)
+        except docker.errors.ImageNotFound as exc:
+            raise BackendStartError(
+                f"the Docker image {self.options.image!r} is not available on this engine. Get it with "
+                f"'docker pull {self.options.image}', or build one that has python3 (see docs/backends/docker.md), "
+                f"and select it with the 'image' option or ${IMAGE_ENV}"
+            ) from exc
+        except docker.errors.APIError as exc:
+            raise BackendStartError(f"Docker refused to create the sandbox container: {exc.explanation or exc}") from exc
+        try:
+            attached = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            container.start()
+        except Exception as exc:
+            try:
+                container.remove(force=True)
+            except Exception:
+                pass
+            raise BackendStartError(f"Docker could not start the sandbox container: {exc}") from exc
+        return ContainerProcess(container, attached, self.options.memory)
+
+
+@sandboxkit.hookimpl
+def sandboxkit_register_backends(register):  # type: ignore[no-untyped-def]
+    register(DockerBackend)
+
+
+@sandboxkit.hookimpl
+def sandboxkit_gc(dry_run):  # type: ignore[no-untyped-def]
+    """Remove sandboxkit containers on this engine whose host process is provably gone."""
+    if not DockerBackend.check().usable:
+        return []
+    client = _client()
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": f"{ownership.MARKER}=true"}):
+        labels = container.labels or {}
+        if not ownership.owner_is_gone(labels):
+            continue
+        line = (f"docker container {container.name} ({container.short_id}) of pid {labels.get(ownership.PID)} "
+                f"on {labels.get(ownership.HOST)}")
+        if not dry_run:
+            try:
+                container.remove(force=True)
+            except Exception as exc:
+                line += f": could not remove: {exc}"
+        removed.append(line)
+    return removed
