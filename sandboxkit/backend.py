@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import IO, Any, ClassVar, Mapping, Sequence
+from typing import IO, Any, Callable, ClassVar, Mapping, Sequence
 
 __all__ = ["Availability", "Backend", "Capability", "SandboxProcess"]
 
@@ -70,6 +70,12 @@ class SandboxProcess(ABC):
     stdin: IO[bytes]
     stdout: IO[bytes]
     stderr: IO[bytes]
+
+    #: For a transport that carries stdout and stderr over one connection: given as ``stdout``,
+    #: with this set to a callable that takes each raw chunk read from it and returns the stdout
+    #: bytes in it (routing the rest to ``stderr`` itself), and is called with b"" at EOF.
+    #: ``None``: ``stdout`` carries stdout alone.
+    split_output: Callable[[bytes], bytes] | None = None
 
     @abstractmethod
     def poll(self) -> int | None:

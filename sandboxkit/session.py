@@ -108,7 +108,9 @@ class DriverSession:
         source = driver_source()
         self._process = self._backend.launch(protocol.driver_argv(), {})
         _live_sessions.add(self)
-        self._reader = open_reader(self._process.stdout, self._options.max_message_bytes)
+        self._reader = open_reader(
+            self._process.stdout, self._options.max_message_bytes, self._process.split_output
+        )
         threading.Thread(target=self._read_stderr, name=f"sandboxkit-stderr-{self._label}", daemon=True).start()
         try:
             self._write(source)

@@ -15,7 +15,7 @@ import queue
 import select
 import threading
 import time
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from sandboxkit.protocol import Violation
 
@@ -54,8 +54,18 @@ class MessageReader:
         """Release the reader's own resources (not the stream)."""
 
 
+#: Turns raw chunks read from a process's stdout into its stdout bytes (see
+#: ``SandboxProcess.split_output``); called with b"" once at EOF.
+Splitter = Callable[[bytes], bytes]
+
+
+def _identity(chunk: bytes) -> bytes:
+    return chunk
+
+
 class PolledReader(MessageReader):
-    def __init__(self, fd: int, max_line: int) -> None:
+    def __init__(self, fd: int, max_line: int, split: Splitter = _identity) -> None:
+        self._split = split
         self._fd = fd
         self._max_line = max_line
         self._buffer = bytearray()
@@ -120,8 +130,9 @@ class PolledReader(MessageReader):
                 data = b""
             if not data:
                 self._eof = True
+                self._buffer += self._split(b"")
             else:
-                self._buffer += data
+                self._buffer += self._split(data)
 
     def _spin(self) -> list[tuple[int, int]]:
         """Poll without sleeping for a moment first: a quick reply then costs no wake-up."""
@@ -149,12 +160,37 @@ class PolledReader(MessageReader):
                 os.close(self._wake_w)
 
 
-class ThreadedReader(MessageReader):
-    def __init__(self, stream: IO[bytes], max_line: int) -> None:
-        self._events: queue.Queue[Event] = queue.Queue()
-        threading.Thread(target=self._read, args=(stream, max_line), name="sandboxkit-stdout", daemon=True).start()
+class _SplitStream:
+    """A readable stream of just the stdout bytes of a stream that carries more (see Splitter)."""
 
-    def _read(self, stream: IO[bytes], max_line: int) -> None:
+    def __init__(self, stream: IO[bytes], split: Splitter) -> None:
+        self._stream = stream
+        self._split = split
+        self._buffer = bytearray()
+        self._eof = False
+
+    def readline(self, limit: int) -> bytes:
+        while True:
+            index = self._buffer.find(b"\n", 0, limit)
+            if index >= 0 or len(self._buffer) >= limit or self._eof:
+                end = index + 1 if index >= 0 else min(limit, len(self._buffer))
+                line = bytes(self._buffer[:end])
+                del self._buffer[:end]
+                return line
+            read = getattr(self._stream, "read1", self._stream.read)
+            chunk = read(1 << 16)
+            if not chunk:
+                self._eof = True
+            self._buffer += self._split(chunk)
+
+
+class ThreadedReader(MessageReader):
+    def __init__(self, stream: IO[bytes], max_line: int, split: Splitter = _identity) -> None:
+        self._events: queue.Queue[Event] = queue.Queue()
+        source: Any = stream if split is _identity else _SplitStream(stream, split)
+        threading.Thread(target=self._read, args=(source, max_line), name="sandboxkit-stdout", daemon=True).start()
+
+    def _read(self, stream: Any, max_line: int) -> None:
         try:
             while True:
                 line = stream.readline(max_line + 1)
@@ -187,13 +223,15 @@ class ThreadedReader(MessageReader):
         self._events.put(("wake", None))
 
 
-def open_reader(stream: IO[bytes], max_line: int) -> MessageReader:
+def open_reader(stream: IO[bytes], max_line: int, split: Splitter | None = None) -> MessageReader:
     """A :class:`PolledReader` on the stream's file descriptor when it has one (nothing else may
-    read the stream then), else a :class:`ThreadedReader`."""
+    read the stream then), else a :class:`ThreadedReader`. ``split`` extracts stdout from a
+    stream that also carries other data."""
+    split = split or _identity
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):
-        return ThreadedReader(stream, max_line)
+        return ThreadedReader(stream, max_line, split)
     if not hasattr(select, "poll"):
-        return ThreadedReader(stream, max_line)
-    return PolledReader(fd, max_line)
+        return ThreadedReader(stream, max_line, split)
+    return PolledReader(fd, max_line, split)

@@ -204,6 +204,15 @@ build_image() {
     fi
     step_end "$IMAGE missing, building it"
 
+    if ! is_root || ! command -v apt-get >/dev/null 2>&1; then
+        # Without root and apt (e.g. a laptop running Docker): use the official slim image.
+        step_begin "pull python:3.12-slim"
+        docker pull -q python:3.12-slim >/dev/null && docker tag python:3.12-slim "$IMAGE" \
+            || die "cannot build $IMAGE without root and apt-get, and 'docker pull python:3.12-slim' failed"
+        step_end "tagged python:3.12-slim as $IMAGE"
+        return
+    fi
+
     step_begin "debootstrap prerequisites"
     need_root_and_apt "Building $IMAGE (debootstrap)"
     if command -v debootstrap >/dev/null 2>&1; then

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up the test environments and runs the whole test suite:
-#   1. .venv        - the newest DSPy 3.x: every test;
-#   2. .venv-dspy313 - DSPy 3.1.3 (RLM takes an interpreter instance): the DSPy end-to-end tests.
+#   1. a Docker engine and the test image (scripts/docker-engine.sh): required when CI=true;
+#      elsewhere the Docker tests are skipped, with the reason, if they cannot be had;
+#   2. .venv         - the newest DSPy 3.x: every test;
+#   3. .venv-dspy313 - DSPy 3.1.3 (RLM takes an interpreter instance): the DSPy end-to-end tests.
 # Extra arguments go to the first pytest run. PYTHON selects the base interpreter (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +11,17 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+export SANDBOXKIT_DOCKER_IMAGE="${SANDBOXKIT_DOCKER_IMAGE:-sandboxkit-test/python:bookworm}"
+
+echo "== Docker engine and test image"
+if ! bash scripts/docker-engine.sh; then
+    if [ "${CI:-}" = "true" ]; then
+        echo "CI needs a Docker engine and the test image; see the messages above." >&2
+        exit 1
+    fi
+    export SANDBOXKIT_TEST_DOCKER_UNAVAILABLE="no Docker engine or test image here (scripts/docker-engine.sh failed)"
+    echo "Docker tests will be skipped: $SANDBOXKIT_TEST_DOCKER_UNAVAILABLE"
+fi
 
 setup_env() {  # setup_env DIR [extra pip requirement]
     local dir="$1"; shift
@@ -18,7 +31,7 @@ setup_env() {  # setup_env DIR [extra pip requirement]
     fi
     echo "== installing sandboxkit into $dir"
     "$dir/bin/python" -m pip install -q --upgrade pip
-    "$dir/bin/python" -m pip install -q -e '.[test]' "$@"
+    "$dir/bin/python" -m pip install -q -e '.[test,docker]' "$@"
 }
 
 setup_env .venv

@@ -2,8 +2,9 @@
 
 The driver is the container's main process (under Docker's init). Its standard streams travel
 over one attach connection, multiplexed in Docker's frame format (an 8-byte header: stream id,
-three zero bytes, big-endian length). A thread splits the frames into two local pipes, so the
-core reads stdout from a real file descriptor.
+three zero bytes, big-endian length). The core reads that connection itself and passes each
+chunk through :meth:`ContainerProcess.split_output`, which returns the stdout payload and sends
+the stderr payload down a local pipe: no extra thread between the container and the reader.
 """
 
 from __future__ import annotations
@@ -55,6 +56,27 @@ def _raw_socket(attached: Any) -> socket.socket:
     return sock
 
 
+class _SocketReader:
+    """The attach connection as a readable stream (its raw, still multiplexed bytes)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def read(self, size: int = 1 << 16) -> bytes:
+        try:
+            return self._sock.recv(size)
+        except OSError:
+            return b""
+
+    read1 = read
+
+    def close(self) -> None:
+        pass  # the process closes the socket
+
+
 class ContainerProcess(SandboxProcess):
     """A started container whose main process is the driver; ``kill`` removes the container."""
 
@@ -63,44 +85,54 @@ class ContainerProcess(SandboxProcess):
         self._memory = memory
         self._sock = _raw_socket(attached)
         self._attached = attached
-        out_r, self._out_w = os.pipe()
         err_r, self._err_w = os.pipe()
+        os.set_blocking(self._err_w, False)
         self.stdin = _SocketWriter(self._sock)  # type: ignore[assignment]
-        self.stdout = os.fdopen(out_r, "rb", buffering=0)
+        self.stdout = _SocketReader(self._sock)  # type: ignore[assignment]
         self.stderr = os.fdopen(err_r, "rb")
+        self._frames = bytearray()
         self._exit_code: int | None = None
         self._oom_killed = False
         self._removed = False
         self._lock = threading.Lock()
-        self._demux = threading.Thread(target=self._split, name="sandboxkit-docker-demux", daemon=True)
-        self._demux.start()
 
-    def _split(self) -> None:
-        sock = self._sock
-        buffer = bytearray()
+    def split_output(self, chunk: bytes) -> bytes:
+        """Demultiplex one chunk of the attach stream: return stdout, forward stderr."""
+        if not chunk:
+            self._close_stderr()
+            return b""
+        frames = self._frames
+        frames += chunk
+        out = bytearray()
+        offset = 0
+        while len(frames) - offset >= _HEADER.size:
+            stream, size = _HEADER.unpack_from(frames, offset)
+            end = offset + _HEADER.size + size
+            if len(frames) < end:
+                break
+            payload = frames[offset + _HEADER.size : end]
+            if stream == _STDOUT:
+                out += payload
+            elif stream == _STDERR:
+                self._forward_stderr(bytes(payload))
+            offset = end
+        del frames[:offset]
+        return bytes(out)
+
+    def _forward_stderr(self, data: bytes) -> None:
+        # Diagnostics only: if nobody drains the pipe, drop rather than block the protocol.
         try:
-            while True:
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    break
-                buffer += chunk
-                while len(buffer) >= _HEADER.size:
-                    stream, size = _HEADER.unpack_from(buffer)
-                    if len(buffer) < _HEADER.size + size:
-                        break
-                    payload = bytes(buffer[_HEADER.size : _HEADER.size + size])
-                    del buffer[: _HEADER.size + size]
-                    target = self._out_w if stream == _STDOUT else self._err_w if stream == _STDERR else None
-                    if target is not None:
-                        _write_all(target, payload)
-        except OSError:
+            os.write(self._err_w, data)
+        except (BlockingIOError, OSError):
             pass
-        finally:
-            for fd in (self._out_w, self._err_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+
+    def _close_stderr(self) -> None:
+        if self._err_w >= 0:
+            try:
+                os.close(self._err_w)
+            except OSError:
+                pass
+            self._err_w = -1
 
     def _inspect_exit(self) -> None:
         try:
@@ -144,12 +176,11 @@ class ContainerProcess(SandboxProcess):
             self._sock.close()
         except OSError:
             pass
-        self._demux.join(timeout=2)
-        for stream in (self.stdout, self.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        self._close_stderr()
+        try:
+            self.stderr.close()
+        except OSError:
+            pass
 
     def describe_exit(self, code: int | None) -> str:
         if self._oom_killed:
@@ -162,9 +193,3 @@ class ContainerProcess(SandboxProcess):
         if code is not None and code > 128:
             return super().describe_exit(128 - code) + f" (container exit code {code})"
         return super().describe_exit(code)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
