@@ -5,7 +5,8 @@ Subcommands:
 * ``sandboxkit backends`` -- the installed backends and whether each can run here;
 * ``sandboxkit run`` -- run a file, standard input or ``-c CODE`` in a sandbox;
 * ``sandboxkit demo`` -- DSPy's RLM on two tasks, its code running in a sandbox;
-* ``sandboxkit conformance`` -- the conformance kit against a backend.
+* ``sandboxkit conformance`` -- the conformance kit against a backend;
+* ``sandboxkit gc`` -- remove sandboxes left behind by host processes that are provably gone.
 
 Exit codes are the same for every subcommand: 0 success, 1 the code (or a demo task) failed,
 2 a usage or configuration error (unknown backend, bad option), 3 the sandbox itself failed.
@@ -240,6 +241,43 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
     return int(run_conformance(backend, options, pytest_args))
 
 
+# -- gc ----------------------------------------------------------------------------------------
+_GC_FAILED_PREFIX = "error: "
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from sandboxkit import plugins
+    from sandboxkit.errors import SandboxkitError
+
+    names = list(dict.fromkeys(args.backend)) or None  # each backend once, in the order given
+    try:
+        installed = set(plugins.installed_names())
+        for name in names or ():
+            if name not in installed:
+                plugins.load_backend(name)  # raises BackendNotFoundError listing the installed backends
+        # Every name is checked before any backend removes anything.
+        results = plugins.collect_garbage(names, dry_run=args.dry_run)
+    except SandboxkitError as exc:
+        raise UsageError(str(exc)) from exc
+    verb = "would remove" if args.dry_run else "removed"
+    failed = False
+    for name, lines in results.items():
+        errors = [line for line in lines if line.startswith(_GC_FAILED_PREFIX)]
+        found = [line for line in lines if not line.startswith(_GC_FAILED_PREFIX)]
+        if errors:
+            failed = True
+            for line in errors:
+                print(f"{name}: clean-up failed: {line[len(_GC_FAILED_PREFIX):]}")
+        if found:
+            print(f"{name}:")
+            for line in found:
+                print(f"  {verb} {line}")
+        elif not errors:
+            print(f"{name}: nothing to remove")
+    sys.stdout.flush()
+    return EXIT_SANDBOX_ERROR if failed else EXIT_OK
+
+
 # -- parser ------------------------------------------------------------------------------------
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the examples in epilogs as written; descriptions are wrapped by :func:`_wrap`."""
@@ -380,6 +418,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_options(p_conf)
     p_conf.add_argument("pytest_args", nargs="*", metavar="PYTEST_ARG", help="arguments passed to pytest")
     p_conf.set_defaults(handler=_cmd_conformance)
+
+    p_gc = commands.add_parser(
+        "gc",
+        help="remove sandboxes left behind by host processes that are provably gone",
+        description=_wrap(
+            "Remove the sandboxes (e.g. Docker containers) that sandboxkit processes left behind, and print "
+            "what was removed, per backend. Sandboxes are normally removed on shutdown, on errors and when "
+            "the host process exits; only a host process killed outright (SIGKILL, a crash, a power cut) "
+            "leaves them behind.",
+            "A sandbox is removed only when its owner is provably gone: the labels on the sandbox name this "
+            "same machine and boot, and the owning process id is either not running or now belongs to a "
+            "process with a different start time (the pid was reused). A machine that rebooted since counts "
+            "as gone. Everything else is left alone: sandboxes of live processes (including other users'), "
+            "of other machines, and any whose owner cannot be checked.",
+            "Backends without anything to clean up report 'nothing to remove'.",
+        ),
+        epilog="examples:\n"
+        "  sandboxkit gc --dry-run\n"
+        "  sandboxkit gc --backend docker\n\n"
+        "exit codes: 0 success (also when nothing was removed), 2 unknown backend,\n"
+        "3 a backend's clean-up failed (the error is printed).",
+        formatter_class=_Formatter,
+    )
+    p_gc.add_argument(
+        "--backend",
+        "-b",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="clean up this backend only; repeatable (default: every installed, enabled backend)",
+    )
+    p_gc.add_argument(
+        "--dry-run",
+        "-n",
+        action="store_true",
+        help="only list what would be removed; remove nothing",
+    )
+    p_gc.set_defaults(handler=_cmd_gc)
     return parser
 
 

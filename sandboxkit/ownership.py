@@ -3,7 +3,7 @@
 Backends that create remote or long-lived resources (containers, cloud sandboxes) attach
 :func:`owner_labels` to each and let ``sandboxkit gc`` remove those whose owner
 :func:`owner_is_gone` says is provably dead. A reused pid is never mistaken for the owner: the
-labels carry the process's start time, and the machine's boot id.
+labels carry the process's start time, the machine's boot id and the pid namespace.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import uuid
 from functools import lru_cache
 from typing import Mapping
 
-__all__ = ["LABEL_PREFIX", "owner_is_gone", "owner_labels"]
+__all__ = ["BOOT", "HOST", "LABEL_PREFIX", "MARKER", "PID", "PID_NAMESPACE", "SESSION", "STARTED",
+           "owner_is_gone", "owner_labels"]
 
 LABEL_PREFIX = "sandboxkit."
 MARKER = LABEL_PREFIX + "managed"
@@ -23,6 +24,7 @@ BOOT = LABEL_PREFIX + "boot-id"
 PID = LABEL_PREFIX + "pid"
 STARTED = LABEL_PREFIX + "pid-start"
 SESSION = LABEL_PREFIX + "session"
+PID_NAMESPACE = LABEL_PREFIX + "pid-ns"
 
 
 def _boot_id() -> str:
@@ -47,36 +49,45 @@ def _start_time(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else ""
 
 
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 @lru_cache(maxsize=1)
-def _this_process() -> tuple[str, str, str, str]:
+def _this_process() -> tuple[str, str, str, str, str]:
     pid = os.getpid()
-    return socket.gethostname(), _boot_id(), str(pid), _start_time(pid) or ""
+    return socket.gethostname(), _boot_id(), str(pid), _start_time(pid) or "", _pid_namespace()
 
 
 def owner_labels(session: str | None = None) -> dict[str, str]:
     """Labels identifying sandboxkit, this host, this process (with its start time) and a session."""
-    host, boot, pid, started = _this_process()
+    host, boot, pid, started, pid_ns = _this_process()
     if pid != str(os.getpid()):  # forked since the cache was filled
         _this_process.cache_clear()
-        host, boot, pid, started = _this_process()
+        host, boot, pid, started, pid_ns = _this_process()
     return {
         MARKER: "true",
         HOST: host,
         BOOT: boot,
         PID: pid,
         STARTED: started,
+        PID_NAMESPACE: pid_ns,
         SESSION: session or uuid.uuid4().hex,
     }
 
 
 def owner_is_gone(labels: Mapping[str, str]) -> bool:
-    """True only when the owner is provably dead: same host and boot, and its pid is not running
-    or now belongs to a process that started at another time. Anything unsure is left alone."""
-    host, boot, _, _ = _this_process()
+    """True only when the owner is provably dead: it ran on this host, in this boot and in this pid
+    namespace, and its pid is not running or now belongs to a process started at another time.
+    Anything unsure (another host, boot or namespace, missing labels) is left alone."""
+    host, boot, _, _, pid_ns = _this_process()
     if labels.get(MARKER) != "true" or labels.get(HOST) != host:
         return False
-    if labels.get(BOOT) and boot and labels.get(BOOT) != boot:
-        return True  # the machine rebooted since: every process of that boot is gone
+    if not boot or labels.get(BOOT) != boot or labels.get(PID_NAMESPACE, "") != pid_ns:
+        return False
     try:
         pid = int(labels.get(PID, ""))
     except ValueError:

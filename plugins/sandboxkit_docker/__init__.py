@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Mapping, Sequence
 
 import sandboxkit
@@ -70,16 +71,37 @@ class DockerOptions:
     docker_host: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("memory", "tmpfs_size"):
+            if not _SIZE.fullmatch(getattr(self, name)):
+                raise OptionError(f"option {name!r} must be a size such as 512m or 2g, got {getattr(self, name)!r}")
+        if self.cpus <= 0:
+            raise OptionError("option 'cpus' must be a positive number of CPUs")
+        if self.pids_limit < 8:
+            raise OptionError("option 'pids_limit' must be at least 8 (the driver and its init need a few)")
+        sockets = _docker_sockets(self.docker_host)
         for spec in (*self.mounts, *self.rw_mounts):
             host, sep, target = spec.partition(":")
             if not sep or not host or not target.startswith("/"):
                 raise OptionError(f"mount {spec!r} must be HOST_PATH:/CONTAINER_PATH")
             real = os.path.realpath(host)
-            if real in {os.path.realpath(p) for p in _SOCKET_PATHS} or real.endswith("docker.sock"):
-                raise OptionError(
-                    f"mount {spec!r} would hand the sandbox the Docker socket, i.e. root on the host; "
-                    "sandboxkit never mounts it"
-                )
+            for sock in sockets:
+                if sock == real or sock.startswith(real.rstrip("/") + "/"):
+                    raise OptionError(
+                        f"mount {spec!r} would give the sandbox the Docker socket ({sock}), which is root on "
+                        "the host; sandboxkit never mounts it or a directory that contains it"
+                    )
+
+
+_SIZE = re.compile(r"[0-9]+(\.[0-9]+)?[bkmgBKMG]?")
+
+
+def _docker_sockets(docker_host: str | None) -> set[str]:
+    """Every path where this machine's Docker socket may be, resolved."""
+    paths = set(_SOCKET_PATHS)
+    for url in (docker_host, os.environ.get("DOCKER_HOST")):
+        if url and url.startswith("unix://"):
+            paths.add(url[len("unix://"):])
+    return {os.path.realpath(p) for p in paths}
 
 
 def _client(options: DockerOptions | None = None) -> Any:
@@ -128,7 +150,9 @@ class DockerBackend(Backend):
             return Availability.unusable(reason, hint)
         return Availability.ok()
 
-    def _container_config(self, argv: Sequence[str], env: Mapping[str, str]) -> dict[str, Any]:
+    def _create_container(self, client: Any, argv: Sequence[str], env: Mapping[str, str]) -> Any:
+        """Create (not start) the container. Uses the low-level API for ``stdin_once``: the container
+        then ends when the host's connection goes, even if the host process is killed."""
         o = self.options
         tmpfs_opts = f"rw,nosuid,nodev,size={o.tmpfs_size},mode=1777"
         # Docker resets a working directory's mode to 755, so give it to the sandbox's user.
@@ -136,36 +160,34 @@ class DockerBackend(Backend):
         workdir_opts = tmpfs_opts
         if uid.isdigit() and (not gid or gid.isdigit()):
             workdir_opts = f"rw,nosuid,nodev,size={o.tmpfs_size},uid={uid},gid={gid or uid}"
-        volumes = {}
-        for spec, mode in [(m, "ro") for m in o.mounts] + [(m, "rw") for m in o.rw_mounts]:
-            host, _, target = spec.partition(":")
-            volumes[os.path.realpath(host)] = {"bind": target, "mode": mode}
-        environment = {"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **o.env, **env}
-        config: dict[str, Any] = dict(
-            image=o.image,
-            command=["python3", *argv[1:]],
-            stdin_open=True,
-            tty=False,
+        binds = [f"{os.path.realpath(h)}:{t}:ro" for h, _, t in (m.partition(":") for m in o.mounts)]
+        binds += [f"{os.path.realpath(h)}:{t}:rw" for h, _, t in (m.partition(":") for m in o.rw_mounts)]
+        host_config = client.api.create_host_config(
             network_mode=o.network,
             read_only=o.read_only,
             tmpfs={"/tmp": tmpfs_opts, WORKDIR: workdir_opts},
-            working_dir=WORKDIR,
-            user=o.user,
             pids_limit=o.pids_limit,
             mem_limit=o.memory,
             memswap_limit=o.memory,
             nano_cpus=int(o.cpus * 1e9),
             init=o.init,
-            environment=environment,
-            volumes=volumes or None,
-            labels={**o.labels, **ownership.owner_labels()},
-            detach=True,
+            cap_drop=["ALL"] if o.drop_capabilities else None,
+            security_opt=["no-new-privileges"] if o.no_new_privileges else None,
+            binds=binds or None,
         )
-        if o.drop_capabilities:
-            config["cap_drop"] = ["ALL"]
-        if o.no_new_privileges:
-            config["security_opt"] = ["no-new-privileges"]
-        return config
+        created = client.api.create_container(
+            image=o.image,
+            command=["python3", *argv[1:]],
+            stdin_open=True,
+            detach=False,  # with stdin_open this sets StdinOnce (the SDK offers no direct switch)
+            tty=False,
+            working_dir=WORKDIR,
+            user=o.user,
+            environment={"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **o.env, **env},
+            labels={**o.labels, **ownership.owner_labels()},
+            host_config=host_config,
+        )
+        return client.containers.get(created["Id"])
 
     def launch(self, argv: Sequence[str], env: Mapping[str, str]) -> SandboxProcess:
         import docker.errors
@@ -178,9 +200,8 @@ class DockerBackend(Backend):
         except Exception as exc:
             reason, hint = _engine_problem(exc)
             raise BackendStartError(f"the docker backend cannot start a sandbox: {reason}; {hint}") from exc
-        config = self._container_config(argv, env)
         try:
-            container = client.containers.create(**config)
+            container = self._create_container(client, argv, env)
         except docker.errors.ImageNotFound as exc:
             raise BackendStartError(
                 f"the Docker image {self.options.image!r} is not available on this engine. Get it with "
@@ -189,6 +210,8 @@ class DockerBackend(Backend):
             ) from exc
         except docker.errors.APIError as exc:
             raise BackendStartError(f"Docker refused to create the sandbox container: {exc.explanation or exc}") from exc
+        except docker.errors.DockerException as exc:
+            raise BackendStartError(f"the sandbox container could not be created: {exc}") from exc
         try:
             attached = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
             container.start()
@@ -209,8 +232,9 @@ def sandboxkit_register_backends(register):  # type: ignore[no-untyped-def]
 @sandboxkit.hookimpl
 def sandboxkit_gc(dry_run):  # type: ignore[no-untyped-def]
     """Remove sandboxkit containers on this engine whose host process is provably gone."""
-    if not DockerBackend.check().usable:
-        return []
+    availability = DockerBackend.check()
+    if not availability.usable:
+        return [f"skipped: {availability.reason}"]
     client = _client()
     removed = []
     for container in client.containers.list(all=True, filters={"label": f"{ownership.MARKER}=true"}):

@@ -188,8 +188,8 @@ class ContainerProcess(SandboxProcess):
                     f"memory limit ({self._memory}); raise the 'memory' option if the code needs more")
         if code == 137:
             return "the container was killed (SIGKILL) from outside sandboxkit"
-        if code is None and self._removed:
-            return "the container was removed"
+        if code is None:
+            return "the container was removed from outside sandboxkit"
         if code is not None and code > 128:
             return super().describe_exit(128 - code) + f" (container exit code {code})"
         return super().describe_exit(code)
