@@ -8,7 +8,6 @@ from typing import Any
 
 from sandboxkit import plugins
 from sandboxkit.backend import Backend
-from sandboxkit.errors import BackendStartError
 from sandboxkit.stdio_interpreter import SandboxInterpreter
 from sandboxkit.options import SessionOptions, build_options, split_options
 
@@ -41,10 +40,7 @@ class InterpreterFactory:
         return self.backend_cls.name
 
     def __call__(self) -> SandboxInterpreter:
-        availability = self.backend_cls.check()
-        if not availability.usable:
-            hint = f" {availability.hint}" if availability.hint else ""
-            raise BackendStartError(f"backend {self.backend_cls.name!r} cannot run here: {availability.reason}.{hint}")
+        """A new interpreter; nothing starts (and nothing is checked) until it is used."""
         return SandboxInterpreter(self.backend_cls(self.backend_options), self.session_options)
 
     def __repr__(self) -> str:

@@ -139,6 +139,13 @@ class Backend(ABC):
         """
         return Availability.ok()
 
+    def availability(self) -> Availability:
+        """Like :meth:`check`, for this backend's options (e.g. the engine an option names).
+
+        Called before every launch; the default asks :meth:`check`.
+        """
+        return type(self).check()
+
     @abstractmethod
     def launch(self, argv: Sequence[str], env: Mapping[str, str]) -> SandboxProcess:
         """Start one sandbox running ``argv`` (``argv[0]`` is ``python3``: use the sandbox's own

@@ -105,6 +105,10 @@ class DriverSession:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
+        availability = self._backend.availability()
+        if not availability.usable:
+            hint = f" {availability.hint}" if availability.hint else ""
+            raise BackendStartError(f"backend {self._backend.name!r} cannot run here: {availability.reason}.{hint}")
         source = driver_source()
         self._process = self._backend.launch(protocol.driver_argv(), {})
         _live_sessions.add(self)

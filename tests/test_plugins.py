@@ -118,8 +118,11 @@ import json, sys, sandboxkit
 
 def attempt(name):
     try:
-        f = sandboxkit.factory(name)
-        f()
+        interp = sandboxkit.factory(name)()
+        try:
+            interp.start()  # availability is checked when a sandbox is about to start
+        finally:
+            interp.shutdown()
     except Exception as exc:
         return {"type": type(exc).__name__, "message": str(exc)}
     return {"type": None, "message": ""}

@@ -112,6 +112,20 @@ def _client(options: DockerOptions | None = None) -> Any:
     return docker.from_env(timeout=60)
 
 
+def _engine_availability(options: DockerOptions | None) -> Availability:
+    """Whether the SDK is installed and the engine (the options', else the environment's) answers."""
+    try:
+        import docker  # noqa: F401
+    except ImportError:
+        return Availability.unusable("the Docker SDK for Python is not installed", _INSTALL_HINT)
+    try:
+        _client(options).ping()
+    except Exception as exc:
+        reason, hint = _engine_problem(exc)
+        return Availability.unusable(reason, hint)
+    return Availability.ok()
+
+
 def _engine_problem(exc: Exception) -> tuple[str, str]:
     text = str(exc)
     if "Permission denied" in text or "PermissionError" in text:
@@ -139,16 +153,10 @@ class DockerBackend(Backend):
 
     @classmethod
     def check(cls) -> Availability:
-        try:
-            import docker  # noqa: F401
-        except ImportError:
-            return Availability.unusable("the Docker SDK for Python is not installed", _INSTALL_HINT)
-        try:
-            _client().ping()
-        except Exception as exc:
-            reason, hint = _engine_problem(exc)
-            return Availability.unusable(reason, hint)
-        return Availability.ok()
+        return _engine_availability(None)
+
+    def availability(self) -> Availability:
+        return _engine_availability(self.options)
 
     def _create_container(self, client: Any, argv: Sequence[str], env: Mapping[str, str]) -> Any:
         """Create (not start) the container. Uses the low-level API for ``stdin_once``: the container
@@ -194,12 +202,7 @@ class DockerBackend(Backend):
 
         from sandboxkit_docker.process import ContainerProcess
 
-        try:
-            client = _client(self.options)
-            client.ping()
-        except Exception as exc:
-            reason, hint = _engine_problem(exc)
-            raise BackendStartError(f"the docker backend cannot start a sandbox: {reason}; {hint}") from exc
+        client = _client(self.options)
         try:
             container = self._create_container(client, argv, env)
         except docker.errors.ImageNotFound as exc:

@@ -187,7 +187,8 @@ class ContainerProcess(SandboxProcess):
             return (f"the container was killed by the kernel's out-of-memory killer: it reached its "
                     f"memory limit ({self._memory}); raise the 'memory' option if the code needs more")
         if code == 137:
-            return "the container was killed (SIGKILL) from outside sandboxkit"
+            return ("the sandbox's process was killed with SIGKILL, by code in the sandbox or from outside "
+                    "sandboxkit (e.g. docker kill)")
         if code is None:
             return "the container was removed from outside sandboxkit"
         if code is not None and code > 128:
