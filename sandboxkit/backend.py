@@ -128,6 +128,11 @@ class Backend(ABC):
         "results must be JSON-compatible."
     )
 
+    #: Whether both ends should poll for a moment without sleeping before they block. It saves a
+    #: wake-up per message on a direct pipe; leave it off where a relay process (an engine, a
+    #: network proxy) carries the stream, since the relay needs the CPU the polling would take.
+    poll_before_sleep: ClassVar[bool] = True
+
     def __init__(self, options: Any) -> None:
         self.options = options
 

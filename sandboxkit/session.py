@@ -110,11 +110,14 @@ class DriverSession:
             hint = f" {availability.hint}" if availability.hint else ""
             raise BackendStartError(f"backend {self._backend.name!r} cannot run here: {availability.reason}.{hint}")
         source = driver_source()
-        self._process = self._backend.launch(protocol.driver_argv(), {})
+        spin = self._backend.poll_before_sleep
+        self._process = self._backend.launch(protocol.driver_argv(), {} if spin else {"SANDBOXKIT_SPIN_SECONDS": "0"})
         _live_sessions.add(self)
         self._reader = open_reader(
             self._process.stdout, self._options.max_message_bytes, self._process.split_output
         )
+        # The host side polls briefly either way (yielding the CPU as it does): a relay's answer
+        # often still comes within the moment. Only the driver's polling follows the backend.
         threading.Thread(target=self._read_stderr, name=f"sandboxkit-stderr-{self._label}", daemon=True).start()
         try:
             self._write(source)

@@ -24,6 +24,7 @@ __all__ = ["MessageReader", "PolledReader", "ThreadedReader", "open_reader"]
 _CHUNK = 1 << 20
 #: How long a reader polls without sleeping before it blocks (seconds).
 SPIN_SECONDS = 0.0002
+_yield_cpu = getattr(os, "sched_yield", lambda: None)
 
 #: One reader event: ("message", dict), ("eof", None), ("violation", str), ("timeout", None) or
 #: ("wake", None).
@@ -142,6 +143,7 @@ class PolledReader(MessageReader):
             ready = poll(0)
             if ready or time.perf_counter() >= end:
                 return ready
+            _yield_cpu()  # if the sandbox shares this CPU, let it run rather than burn the slice
 
     def wake(self) -> None:
         with self._lock:  # never write to a descriptor number that close() released

@@ -143,6 +143,9 @@ class DockerBackend(Backend):
         Capability.NO_NETWORK, Capability.FILESYSTEM_ISOLATION, Capability.SCRATCH_DIR,
     })
     Options = DockerOptions
+    # Messages travel through the engine's relay processes, which need the CPU more than a
+    # wake-up is worth saving.
+    poll_before_sleep = False
     execution_instructions = (
         "Code runs as CPython in a persistent, isolated Linux container with the standard library and no "
         "network. Variables, imports and functions persist across executions. /tmp and the working directory "
