@@ -29,17 +29,8 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import datetime
-import gc
-import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,39 +40,17 @@ import dspy  # noqa: E402
 
 import sandboxkit  # noqa: E402
 
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # noqa: E402
+from benchlib import IDLE_MS, TOOL_LOOP_CALLS, Row, Side, echo, expect, timed  # noqa: E402
+
 __all__ = ["ROWS", "main", "run"]
 
 SANDBOXKIT = "sandboxkit"
 LOCAL = "LocalInterpreter"
 DOC_CHARS = 10_000_000
-TOOL_LOOP_CALLS = 100
-#: The pause before each sample of the "after idle" row (executes in RLM come between LLM calls).
-IDLE_MS = 20
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One line of the results table."""
-
-    key: str
-    label: str
-    #: "ratio": sandboxkit/LocalInterpreter must be <= limit; "absolute": sandboxkit's ms <= limit;
-    #: None: reported only.
-    target_kind: str | None
-    limit: float | None
-    #: Samples per side in a full run and in a --quick run.
-    samples: int
-    quick_samples: int
-    #: Samples taken in a row on one side before switching (blocks alternate A B B A ...).
-    block: int = 1
-
-    @property
-    def target_text(self) -> str:
-        if self.target_kind == "ratio":
-            return f"<= {self.limit:g}x"
-        if self.target_kind == "absolute":
-            return f"<= {self.limit:g} ms"
-        return "-"
 
 
 ROWS = (
@@ -93,11 +62,6 @@ ROWS = (
     Row("doc_first", "10 MB variable, first execute", "ratio", 0.5, 20, 2),
     Row("doc_repeated", "10 MB variable, repeated execute", "absolute", 1.0, 40, 3, block=5),
 )
-
-
-def echo(x: Any) -> Any:
-    """The trivial host tool: returns its argument."""
-    return x
 
 
 def make_sandboxkit() -> Any:
@@ -131,82 +95,9 @@ def make_document(chars: int) -> str:
     return "".join(lines)[:chars]
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    begin = time.perf_counter()
-    result = fn()
-    return (time.perf_counter() - begin) * 1000.0, result
-
-
-def expect(actual: Any, wanted: Any, what: str) -> None:
-    if actual != wanted:
-        raise AssertionError(f"{what}: expected {wanted!r}, got {actual!r}")
-
-
-# -- one sample of each measurement, given a side ----------------------------------------------
-class Side:
-    """One implementation under test, with the long-lived interpreters its samples reuse."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.make = MAKERS[name]
-        self.live: list[Any] = []
-
-    def running(self) -> Any:
-        interp = self.make()
-        interp.start()
-        self.live.append(interp)
-        return interp
-
-    def close(self) -> None:
-        for interp in self.live:
-            interp.shutdown()
-        self.live.clear()
-
-
+# -- the samples only this benchmark takes (the others are in benchlib) ------------------------
 def sample_start(side: Side, _state: dict[str, Any]) -> float:
-    def start() -> Any:
-        interp = side.make()
-        interp.start()
-        return interp
-
-    ms, interp = timed(start)
-    interp.shutdown()
-    return ms
-
-
-def sample_execute(side: Side, state: dict[str, Any]) -> float:
-    interp = state.get("interp")
-    if interp is None:
-        interp = state["interp"] = side.running()
-        interp.execute("x = 0")
-        state["count"] = 0
-    ms, _ = timed(lambda: interp.execute("x += 1"))
-    state["count"] += 1
-    return ms
-
-
-def sample_execute_idle(side: Side, state: dict[str, Any]) -> float:
-    time.sleep(IDLE_MS / 1000.0)
-    return sample_execute(side, state)
-
-
-def check_execute(state: dict[str, Any]) -> None:
-    expect(state["interp"].execute("x"), state["count"], "x after the increments")
-
-
-def sample_tool(side: Side, state: dict[str, Any]) -> float:
-    interp = state.get("interp") or state.setdefault("interp", side.running())
-    ms, value = timed(lambda: interp.execute("f(1)"))
-    expect(value, 1, "f(1)")
-    return ms
-
-
-def sample_tool_per_call(side: Side, state: dict[str, Any]) -> float:
-    interp = state.get("interp") or state.setdefault("interp", side.running())
-    code = f"n = 0\nfor _ in range({TOOL_LOOP_CALLS}):\n    n += f(1)\nn"
-    ms, value = timed(lambda: interp.execute(code))
-    expect(value, TOOL_LOOP_CALLS, "the tool loop's sum")
-    return ms / TOOL_LOOP_CALLS
+    return benchlib.time_start(side)
 
 
 def sample_doc_first(side: Side, state: dict[str, Any]) -> float:
@@ -234,124 +125,41 @@ def sample_doc_repeated(side: Side, state: dict[str, Any]) -> float:
 
 SAMPLERS: dict[str, Callable[[Side, dict[str, Any]], float]] = {
     "start": sample_start,
-    "execute": sample_execute,
-    "execute_idle": sample_execute_idle,
-    "tool": sample_tool,
-    "tool_per_call": sample_tool_per_call,
+    "execute": benchlib.sample_execute,
+    "execute_idle": benchlib.sample_execute_idle,
+    "tool": benchlib.sample_tool,
+    "tool_per_call": benchlib.sample_tool_per_call,
     "doc_first": sample_doc_first,
     "doc_repeated": sample_doc_repeated,
 }
-CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {"execute": check_execute, "execute_idle": check_execute}
 WARMUP = {"start": 2, "execute": 10, "execute_idle": 2, "tool": 10, "tool_per_call": 2, "doc_first": 1, "doc_repeated": 2}
 
 
-# -- statistics and the run -----------------------------------------------------------------
-def summarize(samples: list[float]) -> dict[str, Any]:
-    ordered = sorted(samples)
-
-    def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, int(p * (len(ordered) - 1) + 0.5))]
-
-    return {
-        "median_ms": statistics.median(ordered),
-        "p10_ms": pct(0.10),
-        "p90_ms": pct(0.90),
-        "min_ms": ordered[0],
-        "mean_ms": statistics.fmean(ordered),
-        "n": len(ordered),
-        "samples_ms": samples,
-    }
-
-
+# -- the run and the report -----------------------------------------------------------------
 def measure(row: Row, quick: bool, doc: str) -> dict[str, dict[str, Any]]:
-    """Interleave the two sides' samples of one row in blocks of ``row.block``: A B B A A B ...
-
-    Short blocks cancel drift the way single alternation does, while each round trip is measured
-    warm, as it runs in a loop, rather than just after the other side disturbed the caches.
-    """
-    sides = {name: Side(name) for name in (SANDBOXKIT, LOCAL)}
-    states: dict[str, dict[str, Any]] = {name: {"doc": doc} for name in sides}
-    sampler = SAMPLERS[row.key]
-    count = row.quick_samples if quick else row.samples
-    warmup = 1 if quick else WARMUP[row.key]
-    samples: dict[str, list[float]] = {name: [] for name in sides}
-    gc.collect()
-    try:
-        block = 1 if quick else row.block
-        order = list(sides)
-        for _ in range(warmup):
-            for name in order:
-                sampler(sides[name], states[name])
-        for block_index in range(-(-count // block)):
-            for name in order if block_index % 2 == 0 else reversed(order):
-                for _ in range(min(block, count - block_index * block)):
-                    samples[name].append(sampler(sides[name], states[name]))
-        check = CHECKS.get(row.key)
-        if check is not None:
-            for name in sides:
-                check(states[name])
-    finally:
-        for side in sides.values():
-            side.close()
-    return {name: summarize(values) for name, values in samples.items()}
-
-
-def verdict(row: Row, sk_ms: float, local_ms: float) -> tuple[float, str]:
-    ratio = sk_ms / local_ms if local_ms > 0 else float("inf")
-    if row.target_kind == "ratio":
-        return ratio, "PASS" if ratio <= row.limit else "FAIL"
-    if row.target_kind == "absolute":
-        return ratio, "PASS" if sk_ms <= row.limit else "FAIL"
-    return ratio, "info"
+    """Both sides' samples of one row, interleaved (see :func:`benchlib.measure`)."""
+    sides = {name: Side(name, MAKERS[name]) for name in (SANDBOXKIT, LOCAL)}
+    return benchlib.measure(row, quick, sides, SAMPLERS[row.key], WARMUP[row.key], lambda: {"doc": doc})
 
 
 def environment() -> dict[str, Any]:
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
+        **benchlib.base_environment(),
         "dspy": getattr(dspy, "__version__", "unknown"),
-        "sandboxkit": getattr(sandboxkit, "__version__", None) or _distribution_version("sandboxkit"),
-        "commit": _git_commit(),
+        "sandboxkit": benchlib.sandboxkit_version(),
+        "commit": benchlib.git_commit(),
     }
-
-
-def _git_commit() -> str | None:
-    """The short commit of the sandboxkit checkout being measured, if it is a git checkout."""
-    root = Path(sandboxkit.__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def _distribution_version(name: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def run(quick: bool = False, only: list[str] | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure every row (or the rows named in ``only``); return the results as a dict."""
     doc = make_document(DOC_CHARS)
     results: dict[str, Any] = {"environment": environment(), "quick": quick, "doc_chars": len(doc), "rows": {}}
-    began = time.perf_counter()
-    for row in ROWS:
-        if only and row.key not in only:
-            continue
-        if progress:
-            progress(f"measuring {row.label} ...")
+
+    def entry(row: Row) -> dict[str, Any]:
         stats = measure(row, quick, doc)
-        sk_ms, local_ms = stats[SANDBOXKIT]["median_ms"], stats[LOCAL]["median_ms"]
-        ratio, result = verdict(row, sk_ms, local_ms)
-        results["rows"][row.key] = {
+        ratio, result = benchlib.verdict(row, stats[SANDBOXKIT]["median_ms"], stats[LOCAL]["median_ms"])
+        return {
             "label": row.label,
             "target": row.target_text,
             "ratio": ratio,
@@ -359,67 +167,23 @@ def run(quick: bool = False, only: list[str] | None = None, progress: Callable[[
             SANDBOXKIT: stats[SANDBOXKIT],
             LOCAL: stats[LOCAL],
         }
-    results["elapsed_s"] = time.perf_counter() - began
-    return results
+
+    return benchlib.run_rows(results, ROWS, only, progress, entry)
 
 
 def format_table(results: dict[str, Any]) -> str:
     env = results["environment"]
-    header = ("measurement", "sandboxkit ms", "Local ms", "ratio", "target", "result")
-    lines = [
-        f"sandboxkit {env['sandboxkit']}" + (f" ({env['commit']})" if env.get("commit") else "")
-        + f", subprocess backend, vs dspy.LocalInterpreter (DSPy {env['dspy']})",
-        f"{env['date']}; Python {env['python']}; {env['cpus']} CPUs; {env['platform']}",
-        "medians of samples interleaved in short blocks" + (" (QUICK RUN: too few samples to rely on)" if results["quick"] else ""),
-        "",
-    ]
-    rows = [header]
-    for row in results["rows"].values():
-        sk, local = row[SANDBOXKIT], row[LOCAL]
-        rows.append((
-            row["label"],
-            f"{sk['median_ms']:.3f}",
-            f"{local['median_ms']:.3f}",
-            f"{row['ratio']:.3f}x",
-            row["target"],
-            row["result"],
-        ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for n, r in enumerate(rows):
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:5], widths[1:5])] + [r[5]]
-        lines.append("  ".join(cells))
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    spread = ["", "spread (p10 .. p90 ms, samples per side):"]
-    for row in results["rows"].values():
-        sk, local = row[SANDBOXKIT], row[LOCAL]
-        spread.append(
-            f"  {row['label']}: sandboxkit {sk['p10_ms']:.3f} .. {sk['p90_ms']:.3f}; "
-            f"Local {local['p10_ms']:.3f} .. {local['p90_ms']:.3f}; n={sk['n']}"
-        )
-    failed = [row["label"] for row in results["rows"].values() if row["result"] == "FAIL"]
-    checked = [row for row in results["rows"].values() if row["result"] in ("PASS", "FAIL")]
-    summary = (
-        f"targets: {len(checked) - len(failed)} of {len(checked)} met"
-        + (f"; MISSED: {', '.join(failed)}" if failed else "")
+    lines = benchlib.header_lines(results, f", subprocess backend, vs dspy.LocalInterpreter (DSPy {env['dspy']})")
+    lines += benchlib.table_lines(
+        ("measurement", "sandboxkit ms", "Local ms", "ratio", "target", "result"),
+        (benchlib.median_cells(entry, SANDBOXKIT, LOCAL) for entry in results["rows"].values()),
     )
-    return "\n".join(lines + spread + ["", summary, f"run took {results['elapsed_s']:.1f} s"])
+    lines += benchlib.spread_lines(results, lambda entry: (("sandboxkit", entry[SANDBOXKIT]), ("Local", entry[LOCAL])))
+    return "\n".join(lines + benchlib.summary_lines(results))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few samples each (smoke test; numbers unreliable)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results (with every sample) as JSON")
-    parser.add_argument("--only", metavar="KEY", action="append", choices=[row.key for row in ROWS],
-                        help="measure only this row (repeatable)")
-    args = parser.parse_args(argv)
-    results = run(args.quick, args.only, progress=lambda text: print(text, file=sys.stderr, flush=True))
-    print(format_table(results), flush=True)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
-            handle.write("\n")
-    return 0
+    return benchlib.main(__doc__, ROWS, run, format_table, argv)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ setup_env() {  # setup_env DIR [extra pip requirement]
     fi
     echo "== installing sandboxkit into $dir"
     "$dir/bin/python" -m pip install -q --upgrade pip
-    "$dir/bin/python" -m pip install -q -e '.[test,docker]' "$@"
+    "$dir/bin/python" -m pip install -q -e '.[test,docker,modal]' "$@"
 }
 
 setup_env .venv
