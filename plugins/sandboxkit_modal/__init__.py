@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Any, Mapping, Sequence
 
 import sandboxkit
@@ -144,7 +145,8 @@ class ModalBackend(Backend):
                 cpu=o.cpu,
                 memory=o.memory,
                 block_network=o.block_network,
-                cidr_allowlist=list(o.cidr_allowlist) or None,
+                outbound_cidr_allowlist=list(o.cidr_allowlist) or None,
+                tags={**o.tags, **_owner_tags()},
                 volumes=o.volumes or {},
                 workdir="/tmp",
             )
@@ -157,7 +159,6 @@ class ModalBackend(Backend):
         except Exception as exc:  # connection problems surface as various transport errors
             raise BackendStartError(f"could not reach Modal to create a sandbox: {type(exc).__name__}: {exc}") from exc
         try:
-            sandbox.set_tags({**o.tags, **_owner_tags()})
             process = sandbox.exec(*argv, text=False)
         except Exception as exc:
             try:
@@ -183,7 +184,12 @@ def sandboxkit_gc(dry_run):  # type: ignore[no-untyped-def]
 
     removed = []
     marker = _TAG_PREFIX + ownership.MARKER[len(ownership.LABEL_PREFIX):]
-    for sandbox in modal.Sandbox.list(tags={marker: "true"}):
+    with warnings.catch_warnings():
+        # gc must see every app's sandboxes (app_name is an option), so it scans the whole
+        # environment, which the SDK marks as deprecated without an app id.
+        warnings.simplefilter("ignore")
+        found = list(modal.Sandbox.list(tags={marker: "true"}))
+    for sandbox in found:
         labels = _labels_from_tags(sandbox.get_tags())
         if not ownership.owner_is_gone(labels):
             continue
