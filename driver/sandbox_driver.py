@@ -24,6 +24,8 @@ import traceback
 PROTOCOL_VERSION = 1
 _CHUNK = 1 << 16
 _PIPE_SIZE = 1 << 20
+# A large read size costs a large allocation per message: big payloads use _fill instead.
+_READ_SIZE = 1 << 16
 # Polling without sleep before blocking, in seconds; 0 where the host says a relay sits between
 # us (the relay needs the CPU more than we need the wake-up saved).
 _SPIN_SECONDS = float(os.environ.pop("SANDBOXKIT_SPIN_SECONDS", "0.0002") or 0)
@@ -108,18 +110,40 @@ class Channel(object):
                 self.head = message
             sizes = self.head.get("blobs") or []
             needed = sum(sizes)
-            if len(self.buffer) < needed:
+            if len(self.buffer) < needed and not self._fill(needed):
                 return
             # Raw UTF-8 payloads follow the line back to back, in order.
             blobs, offset = [], 0
+            view = memoryview(self.buffer)
             for size in sizes:
-                blobs.append(bytes(self.buffer[offset:offset + size]).decode("utf-8", "surrogatepass"))
+                blobs.append(str(view[offset:offset + size], "utf-8", "surrogatepass"))
                 offset += size
+            view.release()
             del self.buffer[:needed]
             message, self.head = self.head, None
             if sizes:
                 message["blobs"] = blobs
             self.ready.append(message)
+
+    def _fill(self, needed):
+        """Read the rest of a message's blobs straight into a buffer of the announced size.
+
+        The host writes them right after the line, so this blocks only briefly; False at EOF.
+        """
+        have = len(self.buffer)
+        buffer = bytearray(needed)
+        buffer[:have] = self.buffer
+        view = memoryview(buffer)
+        while have < needed:
+            count = os.readv(self.in_fd, [view[have:]])
+            if not count:
+                view.release()
+                self.eof = True
+                return False
+            have += count
+        view.release()
+        self.buffer = buffer
+        return True
 
     def wait_readable(self, spin):
         """Block until input (or EOF) is waiting. May be interrupted by a signal: consumes nothing.
@@ -137,7 +161,7 @@ class Channel(object):
 
     def take(self):
         """Read what is waiting into ``ready``; False at EOF. Call only after wait_readable()."""
-        data = os.read(self.in_fd, _PIPE_SIZE)
+        data = os.read(self.in_fd, _READ_SIZE)
         if not data:
             self.eof = True
             return False

@@ -21,7 +21,8 @@ from sandboxkit.protocol import Violation
 
 __all__ = ["MessageReader", "PolledReader", "ThreadedReader", "open_reader"]
 
-_CHUNK = 1 << 20
+# Reads allocate this much each time, so it stays small; large replies just take more reads.
+_CHUNK = 1 << 16
 #: How long a reader polls without sleeping before it blocks (seconds).
 SPIN_SECONDS = 0.0002
 _yield_cpu = getattr(os, "sched_yield", lambda: None)
