@@ -48,8 +48,8 @@ class _ExecStdin:
                 pass
 
 
-def _pump(source: Any, fd: int) -> None:
-    """Copy an SDK output stream into a pipe until it ends, then close the pipe."""
+def _pump(source: Any, fd: int, close: Any) -> None:
+    """Copy an SDK output stream into a pipe until it ends, then close the pipe (via ``close``)."""
     try:
         for chunk in source:
             data = chunk.encode("utf-8", "surrogateescape") if isinstance(chunk, str) else bytes(chunk)
@@ -59,10 +59,7 @@ def _pump(source: Any, fd: int) -> None:
     except Exception:
         pass  # the stream broke: the sandbox is gone, which the reader sees as EOF
     finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        close(fd)
 
 
 class ModalSandboxProcess(SandboxProcess):
@@ -75,15 +72,31 @@ class ModalSandboxProcess(SandboxProcess):
         err_r, err_w = os.pipe()
         self.stdin = _ExecStdin(exec_process.stdin)  # type: ignore[assignment]
         self.stdout = os.fdopen(out_r, "rb", buffering=0)
-        self.stderr = os.fdopen(err_r, "rb")
+        # Unbuffered: closing it never waits for a reader blocked on it.
+        self.stderr = os.fdopen(err_r, "rb", buffering=0)
+        self._write_ends = {out_w, err_w}
+        self._write_lock = threading.Lock()
         self._pumps = [
-            threading.Thread(target=_pump, args=(exec_process.stdout, out_w), name="sandboxkit-modal-out", daemon=True),
-            threading.Thread(target=_pump, args=(exec_process.stderr, err_w), name="sandboxkit-modal-err", daemon=True),
+            threading.Thread(target=_pump, args=(exec_process.stdout, out_w, self._close_write_end),
+                             name="sandboxkit-modal-out", daemon=True),
+            threading.Thread(target=_pump, args=(exec_process.stderr, err_w, self._close_write_end),
+                             name="sandboxkit-modal-err", daemon=True),
         ]
         for pump in self._pumps:
             pump.start()
         self._terminated = False
         self._lock = threading.Lock()
+
+    def _close_write_end(self, fd: int) -> None:
+        """Close one pipe write end exactly once (the pump when its stream ends, or kill)."""
+        with self._write_lock:
+            if fd not in self._write_ends:
+                return
+            self._write_ends.discard(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
     def poll(self) -> int | None:
         try:
@@ -127,6 +140,8 @@ class ModalSandboxProcess(SandboxProcess):
             pass  # already gone (timed out or terminated elsewhere)
         for pump in self._pumps:
             pump.join(timeout=5)
+        for fd in list(self._write_ends):  # a pump that did not finish: end its pipe ourselves
+            self._close_write_end(fd)
         for stream in (self.stdout, self.stderr):
             try:
                 stream.close()
@@ -139,6 +154,8 @@ class ModalSandboxProcess(SandboxProcess):
         except Exception:
             sandbox_code = None
         if sandbox_code is not None and not self._terminated:
+            if sandbox_code == 124:
+                return "the Modal sandbox reached its 'sandbox_timeout' option and was stopped (exit code 124)"
             return (f"the Modal sandbox ended (exit code {sandbox_code}): it was terminated from outside "
                     "sandboxkit or reached its 'sandbox_timeout' option")
         if code is not None and code > 128:  # the SDK reports a signal as 128 + its number
