@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,7 +15,3 @@ def driver_source() -> bytes:
     """The driver's source, exactly as it is sent to a sandbox."""
     return DRIVER_PATH.read_bytes()
 
-
-def driver_digest() -> str:
-    """A short fingerprint of the driver source, for diagnostics."""
-    return hashlib.sha256(driver_source()).hexdigest()[:12]
