@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
 
-from sandboxkit.backend import Backend, SandboxProcess
+from sandboxkit.backend import Backend
 from sandboxkit.errors import (
     BackendStartError,
     CodeInterpreterError,
@@ -23,6 +24,7 @@ from sandboxkit.errors import (
 )
 from sandboxkit.stdio_interpreter import SandboxInterpreter
 from sandboxkit.options import SessionOptions
+from sandboxkit_subprocess import SubprocessProcess
 
 ROGUE = textwrap.dedent(
     r"""
@@ -81,41 +83,21 @@ ROGUE = textwrap.dedent(
 )
 
 
-class _Process(SandboxProcess):
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
-        self._popen = popen
-        self.stdin, self.stdout, self.stderr = popen.stdin, popen.stdout, popen.stderr  # type: ignore[assignment]
-
-    def poll(self) -> int | None:
-        return self._popen.poll()
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        try:
-            return self._popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self) -> None:
-        self._popen.kill()
-        self._popen.wait()
-        for stream in (self.stdin, self.stdout, self.stderr):
-            stream.close()
-
-
 class RogueBackend(Backend):
     name = "rogue"
 
     def __init__(self, scenario: str) -> None:
         super().__init__(None)
         self.scenario = scenario
-        self.processes: list[_Process] = []
+        self.processes: list[SubprocessProcess] = []
 
     def launch(self, argv, env):  # type: ignore[no-untyped-def]
         popen = subprocess.Popen(
             [sys.executable, "-c", ROGUE, self.scenario],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True,  # SubprocessProcess.kill ends the process group
         )
-        process = _Process(popen)
+        process = SubprocessProcess(popen, tempfile.mkdtemp(prefix="sandboxkit-rogue-"))
         self.processes.append(process)
         return process
 
