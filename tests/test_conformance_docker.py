@@ -87,3 +87,43 @@ if _DSPySuite is not None:
 
     class TestDSPyModules(DockerSettings, _DSPySuite):  # type: ignore[misc, valid-type]
         pass
+
+
+# -- the attach channel ----------------------------------------------------------------------------
+# On this machine the default ("auto") carries the protocol over the socket channel. The engine's
+# attach relay is what remote and virtualised engines use: the suites whose tests depend on how
+# the bytes travel (framing, large values, tool traffic, interrupts, death) run over it too.
+class AttachSettings(DockerSettings):
+    options = {"channel": "attach"}
+
+
+class TestAttachLifecycle(AttachSettings, suite.LifecycleSuite):
+    pass
+
+
+class TestAttachOutput(AttachSettings, suite.OutputSuite):
+    pass
+
+
+class TestAttachOutputLimit(AttachSettings, suite.OutputLimitSuite):
+    pass
+
+
+class TestAttachTools(AttachSettings, suite.ToolSuite):
+    pass
+
+
+class TestAttachVariables(AttachSettings, suite.VariableSuite):
+    pass
+
+
+class TestAttachTimeouts(AttachSettings, suite.TimeoutSuite):
+    pass
+
+
+class TestAttachRobustness(AttachSettings, suite.RobustnessSuite):
+    pass
+
+
+class TestAttachDeath(AttachSettings, suite.DeathSuite):
+    pass

@@ -13,12 +13,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 from typing import Any, Mapping, Sequence
 
 import sandboxkit
 from sandboxkit import ownership
 from sandboxkit.backend import Availability, Backend, Capability, SandboxProcess
 from sandboxkit.errors import BackendStartError, OptionError
+from sandboxkit_docker import channel
+from sandboxkit_docker.channel import ChannelListener
 
 __all__ = ["DockerBackend", "DockerOptions"]
 
@@ -26,6 +29,8 @@ DEFAULT_IMAGE = "python:3.12-slim"
 IMAGE_ENV = "SANDBOXKIT_DOCKER_IMAGE"
 WORKDIR = "/work"
 _SOCKET_PATHS = ("/var/run/docker.sock", "/run/docker.sock")
+#: How long a started container may take to connect to (or fall back from) its socket channel.
+_CONNECT_TIMEOUT = 60.0
 _INSTALL_HINT = "install the SDK with: pip install 'sandboxkit[docker]'"
 
 
@@ -69,8 +74,14 @@ class DockerOptions:
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     #: Engine address (e.g. unix:///var/run/docker.sock); default: the environment (DOCKER_HOST).
     docker_host: str | None = None
+    #: How the driver's messages travel: "socket" (a Unix socket in a private, read-only mount
+    #: holding nothing else, removed once connected), "attach" (the engine's attach relay: no
+    #: mount at all, slower) or "auto" (the socket when the engine runs on this machine, else attach).
+    channel: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.channel not in _CHANNELS:
+            raise OptionError(f"option 'channel' must be one of {', '.join(_CHANNELS)}, got {self.channel!r}")
         for name in ("memory", "tmpfs_size"):
             if not _SIZE.fullmatch(getattr(self, name)):
                 raise OptionError(f"option {name!r} must be a size such as 512m or 2g, got {getattr(self, name)!r}")
@@ -92,6 +103,7 @@ class DockerOptions:
                     )
 
 
+_CHANNELS = ("auto", "socket", "attach")
 _SIZE = re.compile(r"[0-9]+(\.[0-9]+)?[bkmgBKMG]?")
 
 
@@ -126,6 +138,24 @@ def _engine_availability(options: DockerOptions | None) -> Availability:
     return Availability.ok()
 
 
+_local_engines: dict[str, bool] = {}
+
+
+def _engine_is_local(client: Any) -> bool:
+    """Whether the engine runs on this machine and reaches it over a Unix socket, so that a
+    directory bind-mounted from here is this machine's directory (not a VM's or another host's)."""
+    url = client.api.base_url
+    if url not in _local_engines:
+        local = url.startswith("http+docker://")
+        if local:
+            try:
+                local = client.info().get("Name") == socket.gethostname()
+            except Exception:
+                local = False
+        _local_engines[url] = local
+    return _local_engines[url]
+
+
 def _engine_problem(exc: Exception) -> tuple[str, str]:
     text = str(exc)
     if "Permission denied" in text or "PermissionError" in text:
@@ -143,9 +173,6 @@ class DockerBackend(Backend):
         Capability.NO_NETWORK, Capability.FILESYSTEM_ISOLATION, Capability.SCRATCH_DIR,
     })
     Options = DockerOptions
-    # Messages travel through the engine's relay processes, which need the CPU more than a
-    # wake-up is worth saving.
-    poll_before_sleep = False
     execution_instructions = (
         "Code runs as CPython in a persistent, isolated Linux container with the standard library and no "
         "network. Variables, imports and functions persist across executions. /tmp and the working directory "
@@ -161,7 +188,16 @@ class DockerBackend(Backend):
     def availability(self) -> Availability:
         return _engine_availability(self.options)
 
-    def _create_container(self, client: Any, argv: Sequence[str], env: Mapping[str, str]) -> Any:
+    @property  # type: ignore[override]
+    def poll_before_sleep(self) -> bool:
+        # Over the attach relay the engine's processes need the CPU more than a wake-up is worth
+        # saving; over the socket channel the ends talk directly. (A sandbox that falls back from
+        # the socket to attach turns its own polling off.)
+        return self.options.channel != "attach"
+
+    def _create_container(
+        self, client: Any, argv: Sequence[str], env: Mapping[str, str], listener: ChannelListener | None
+    ) -> Any:
         """Create (not start) the container. Uses the low-level API for ``stdin_once``: the container
         then ends when the host's connection goes, even if the host process is killed."""
         o = self.options
@@ -173,6 +209,11 @@ class DockerBackend(Backend):
             workdir_opts = f"rw,nosuid,nodev,size={o.tmpfs_size},uid={uid},gid={gid or uid}"
         binds = [f"{os.path.realpath(h)}:{t}:ro" for h, _, t in (m.partition(":") for m in o.mounts)]
         binds += [f"{os.path.realpath(h)}:{t}:rw" for h, _, t in (m.partition(":") for m in o.rw_mounts)]
+        command = ["python3", *argv[1:]]
+        if listener is not None:
+            binds.append(f"{listener.host_dir}:{channel.CONTAINER_DIR}:ro")
+            command = ["python3", "-I", "-c", channel.SHIM, *argv[1:]]
+            env = {**env, channel.ENV_NAME: listener.container_path}
         host_config = client.api.create_host_config(
             network_mode=o.network,
             read_only=o.read_only,
@@ -188,7 +229,7 @@ class DockerBackend(Backend):
         )
         created = client.api.create_container(
             image=o.image,
-            command=["python3", *argv[1:]],
+            command=command,
             stdin_open=True,
             detach=False,  # with stdin_open this sets StdinOnce (the SDK offers no direct switch)
             tty=False,
@@ -200,34 +241,71 @@ class DockerBackend(Backend):
         )
         return client.containers.get(created["Id"])
 
+    def _wants_socket_channel(self, client: Any) -> bool:
+        if self.options.channel == "auto":
+            return _engine_is_local(client)
+        return self.options.channel == "socket"
+
     def launch(self, argv: Sequence[str], env: Mapping[str, str]) -> SandboxProcess:
         import docker.errors
 
         from sandboxkit_docker.process import ContainerProcess
 
         client = _client(self.options)
+        listener = ChannelListener() if self._wants_socket_channel(client) else None
         try:
-            container = self._create_container(client, argv, env)
-        except docker.errors.ImageNotFound as exc:
-            raise BackendStartError(
-                f"the Docker image {self.options.image!r} is not available on this engine. Get it with "
-                f"'docker pull {self.options.image}', or build one that has python3 (see docs/backends/docker.md), "
-                f"and select it with the 'image' option or ${IMAGE_ENV}"
-            ) from exc
-        except docker.errors.APIError as exc:
-            raise BackendStartError(f"Docker refused to create the sandbox container: {exc.explanation or exc}") from exc
-        except docker.errors.DockerException as exc:
-            raise BackendStartError(f"the sandbox container could not be created: {exc}") from exc
-        try:
-            attached = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-            container.start()
-        except Exception as exc:
             try:
-                container.remove(force=True)
-            except Exception:
-                pass
-            raise BackendStartError(f"Docker could not start the sandbox container: {exc}") from exc
-        return ContainerProcess(container, attached, self.options.memory)
+                container = self._create_container(client, argv, env, listener)
+            except docker.errors.ImageNotFound as exc:
+                raise BackendStartError(
+                    f"the Docker image {self.options.image!r} is not available on this engine. Get it with "
+                    f"'docker pull {self.options.image}', or build one that has python3 (see "
+                    f"docs/backends/docker.md), and select it with the 'image' option or ${IMAGE_ENV}"
+                ) from exc
+            except docker.errors.APIError as exc:
+                raise BackendStartError(
+                    f"Docker refused to create the sandbox container: {exc.explanation or exc}"
+                ) from exc
+            except docker.errors.DockerException as exc:
+                raise BackendStartError(f"the sandbox container could not be created: {exc}") from exc
+            try:
+                attached = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+                container.start()
+                process = ContainerProcess(container, attached, self.options.memory)
+            except Exception as exc:
+                _remove(container)
+                raise BackendStartError(f"Docker could not start the sandbox container: {exc}") from exc
+            if listener is not None:
+                self._connect_channel(process, listener)
+            return process
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def _connect_channel(self, process: Any, listener: ChannelListener) -> None:
+        """Switch ``process`` to the socket channel once its driver connects; if the sandbox
+        falls back instead, keep the attach stream, unless the 'socket' channel was demanded."""
+        try:
+            connection = listener.accept(process.attach_socket, process.split_output, _CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            process.kill()
+            raise BackendStartError(f"the sandbox container did not start its driver: {exc}") from exc
+        if connection is not None:
+            process.use_channel(connection)
+        elif self.options.channel == "socket":
+            process.kill()
+            raise BackendStartError(
+                "the sandbox could not connect to its socket channel (the engine may run in a VM or on "
+                "another machine, or the host's security policy denies the mount); use channel='auto' "
+                "or channel='attach'"
+            )
+
+
+def _remove(container: Any) -> None:
+    try:
+        container.remove(force=True)
+    except Exception:
+        pass
 
 
 @sandboxkit.hookimpl
@@ -238,9 +316,10 @@ def sandboxkit_register_backends(register):  # type: ignore[no-untyped-def]
 @sandboxkit.hookimpl
 def sandboxkit_gc(dry_run):  # type: ignore[no-untyped-def]
     """Remove sandboxkit containers on this engine whose host process is provably gone."""
+    stale_dirs = channel.remove_stale_dirs(dry_run)
     availability = DockerBackend.check()
     if not availability.usable:
-        return [f"skipped: {availability.reason}"]
+        return [*stale_dirs, f"skipped: {availability.reason}"]
     client = _client()
     removed = []
     for container in client.containers.list(all=True, filters={"label": f"{ownership.MARKER}=true"}):
@@ -255,4 +334,4 @@ def sandboxkit_gc(dry_run):  # type: ignore[no-untyped-def]
             except Exception as exc:
                 line += f": could not remove: {exc}"
         removed.append(line)
-    return removed
+    return [*stale_dirs, *removed]

@@ -5,6 +5,10 @@ over one attach connection, multiplexed in Docker's frame format (an 8-byte head
 three zero bytes, big-endian length). The core reads that connection itself and passes each
 chunk through :meth:`ContainerProcess.split_output`, which returns the stdout payload and sends
 the stderr payload down a local pipe: no extra thread between the container and the reader.
+
+With the socket channel (see :mod:`sandboxkit_docker.channel`), stdin and stdout are the
+channel's connection instead, and a thread pumps the attach stream, now carrying stderr alone,
+into the same pipe.
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ class ContainerProcess(SandboxProcess):
         self.container = container
         self._memory = memory
         self._sock = _raw_socket(attached)
+        #: The attach connection (stdin, stdout and stderr, multiplexed).
+        self.attach_socket = self._sock
         self._attached = attached
         err_r, self._err_w = os.pipe()
         os.set_blocking(self._err_w, False)
@@ -95,6 +101,31 @@ class ContainerProcess(SandboxProcess):
         self._oom_killed = False
         self._removed = False
         self._lock = threading.Lock()
+        self._stderr_lock = threading.Lock()
+        self._channel: socket.socket | None = None
+
+    @property
+    def channel(self) -> str:
+        """How stdin and stdout travel: "socket" or "attach"."""
+        return "attach" if self._channel is None else "socket"
+
+    def use_channel(self, connection: socket.socket) -> None:
+        """Carry stdin and stdout over the driver's socket-channel ``connection`` from now on."""
+        self._channel = connection
+        self.stdin = _SocketWriter(connection)  # type: ignore[assignment]
+        self.stdout = _SocketReader(connection)  # type: ignore[assignment]
+        self.split_output = None  # type: ignore[assignment]
+        threading.Thread(target=self._pump_stderr, name="sandboxkit-docker-stderr", daemon=True).start()
+
+    def _pump_stderr(self) -> None:
+        while True:
+            try:
+                chunk = self._sock.recv(1 << 16)
+            except OSError:
+                chunk = b""
+            ContainerProcess.split_output(self, chunk)
+            if not chunk:
+                return
 
     def split_output(self, chunk: bytes) -> bytes:
         """Demultiplex one chunk of the attach stream: return stdout, forward stderr."""
@@ -121,18 +152,22 @@ class ContainerProcess(SandboxProcess):
 
     def _forward_stderr(self, data: bytes) -> None:
         # Diagnostics only: if nobody drains the pipe, drop rather than block the protocol.
-        try:
-            os.write(self._err_w, data)
-        except (BlockingIOError, OSError):
-            pass
+        with self._stderr_lock:  # never write to a descriptor number closed (and reused) meanwhile
+            if self._err_w < 0:
+                return
+            try:
+                os.write(self._err_w, data)
+            except (BlockingIOError, OSError):
+                pass
 
     def _close_stderr(self) -> None:
-        if self._err_w >= 0:
-            try:
-                os.close(self._err_w)
-            except OSError:
-                pass
-            self._err_w = -1
+        with self._stderr_lock:
+            if self._err_w >= 0:
+                try:
+                    os.close(self._err_w)
+                except OSError:
+                    pass
+                self._err_w = -1
 
     def _inspect_exit(self) -> None:
         try:
@@ -172,10 +207,16 @@ class ContainerProcess(SandboxProcess):
         except Exception:
             pass  # already gone (removed from outside); nothing left to leak
         self.stdin.close()
-        try:
-            self._sock.close()
-        except OSError:
-            pass
+        for sock in (self._sock, self._channel):
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it
+                except OSError:
+                    pass
+                try:
+                    sock.close()
+                except OSError:
+                    pass
         self._close_stderr()
         try:
             self.stderr.close()
