@@ -15,10 +15,13 @@ What is measured, and against what:
 * ``execute after idle`` (reported only): the same after a 20 ms pause, as between LLM calls;
 * ``tool``: one execute whose code calls a trivial host tool once, ``f(1)``: the whole execute;
 * ``tool per call``: one execute that calls the tool 100 times, divided by 100;
+* ``... over attach`` (reported only): the execute and tool rows again with ``channel="attach"``,
+  the engine's attach relay that remote and virtualised engines use (the rows above use the
+  default, which on a local engine is the socket channel);
 * ``echo floor`` (reported only, no sandboxkit protocol): one JSON line, the size of an execute
   request, written to a bare echo loop and read back with a blocking poll, in a container started
-  by the docker backend (so through the engine's attach relay, as the driver's messages go)
-  against the same loop in a local process over pipes: what the engine's relay costs by itself.
+  by the docker backend with ``channel="attach"`` (so through the engine's attach relay) against
+  the same loop in a local process over pipes: what the engine's relay costs by itself.
 
 Targets (printed as PASS/FAIL; the exit code is 0 either way, this is a measurement): start at
 most 2x the plain ``docker run``; execute and tool round trips at most 3x the ``subprocess``
@@ -57,6 +60,7 @@ from benchlib import IDLE_MS, TOOL_LOOP_CALLS, Row, Side, echo, expect, timed  #
 __all__ = ["ROWS", "main", "run"]
 
 DOCKER = "docker"
+DOCKER_ATTACH = "docker-attach"
 DOCKER_RUN = "docker-run"
 SUBPROCESS = "subprocess"
 PIPE = "pipe"
@@ -70,8 +74,13 @@ ROWS = (
     Row("tool", "tool call f(1), whole execute", "ratio", 3.0, 300, 5, block=20, baseline=SUBPROCESS),
     Row("tool_per_call", f"tool per call ({TOOL_LOOP_CALLS} in one execute)", "ratio", 3.0, 40, 3, block=5,
         baseline=SUBPROCESS),
-    Row("echo", "echo floor: a JSON line, no sandboxkit", None, None, 400, 5, block=20, baseline=PIPE),
+    Row("execute_attach", "execute x += 1, over attach", None, None, 400, 5, block=20, baseline=SUBPROCESS),
+    Row("tool_attach", "tool call f(1), over attach", None, None, 300, 5, block=20, baseline=SUBPROCESS),
+    Row("echo", "echo floor over attach: a JSON line, no sandboxkit", None, None, 400, 5, block=20,
+        baseline=PIPE),
 )
+#: The docker side each row measures, where it is not the default options' DOCKER.
+MEASURED = {"execute_attach": DOCKER_ATTACH, "tool_attach": DOCKER_ATTACH, "echo": DOCKER_ATTACH}
 
 BASELINE_TEXT = {
     DOCKER_RUN: "a plain 'docker run --rm --network none IMAGE true' of the same image (the docker CLI, "
@@ -102,8 +111,8 @@ def docker_image() -> str:
     return sandboxkit.factory(DOCKER).backend_options.image
 
 
-def make_interpreter(backend: str) -> Any:
-    interp = sandboxkit.interpreter(backend)
+def make_interpreter(side: str) -> Any:
+    interp = sandboxkit.interpreter(DOCKER, channel="attach") if side == DOCKER_ATTACH else sandboxkit.interpreter(side)
     interp.tools = {"f": echo}
     return interp
 
@@ -114,7 +123,7 @@ class EchoPeer:
 
     def __init__(self, in_docker: bool) -> None:
         if in_docker:
-            made = sandboxkit.factory(DOCKER)
+            made = sandboxkit.factory(DOCKER, channel="attach")
             self.process: Any = made.backend_cls(made.backend_options).launch(["python3", "-I", "-c", ECHO_LOOP], {})
             split = self.process.split_output
         else:
@@ -153,7 +162,8 @@ class EchoPeer:
 
 # -- the samples only this benchmark takes (the others are in benchlib) ------------------------
 class DockerSide(Side):
-    """A side whose interpreters are sandboxkit's ``name`` backend; ``image`` is the docker image."""
+    """A side whose interpreters are made by :func:`make_interpreter` (DOCKER_ATTACH: the docker backend
+    over attach); ``image`` is the docker image."""
 
     def __init__(self, name: str, image: str) -> None:
         super().__init__(name, lambda: make_interpreter(name))
@@ -173,7 +183,7 @@ def sample_start(side: DockerSide, _state: dict[str, Any]) -> float:
 def sample_echo(side: Side, state: dict[str, Any]) -> float:
     peer = state.get("peer")
     if peer is None:
-        peer = state["peer"] = EchoPeer(side.name == DOCKER)
+        peer = state["peer"] = EchoPeer(side.name == DOCKER_ATTACH)
         side.live.append(peer)
     ms, reply = timed(lambda: peer.round_trip(ECHO_LINE))
     expect(reply, ECHO_LINE, "the echoed line")
@@ -186,16 +196,23 @@ SAMPLERS: dict[str, Callable[[Any, dict[str, Any]], float]] = {
     "execute_idle": benchlib.sample_execute_idle,
     "tool": benchlib.sample_tool,
     "tool_per_call": benchlib.sample_tool_per_call,
+    "execute_attach": benchlib.sample_execute,
+    "tool_attach": benchlib.sample_tool,
     "echo": sample_echo,
 }
-WARMUP = {"start": 2, "execute": 20, "execute_idle": 2, "tool": 20, "tool_per_call": 2, "echo": 20}
+WARMUP = {"start": 2, "execute": 20, "execute_idle": 2, "tool": 20, "tool_per_call": 2, "execute_attach": 20,
+          "tool_attach": 20, "echo": 20}
 
 
 # -- the run and the report -----------------------------------------------------------------
 def measure(row: Row, quick: bool, image: str) -> dict[str, dict[str, Any]]:
-    """The docker side's and the row's baseline's samples, interleaved (see :func:`benchlib.measure`)."""
-    sides: dict[str, Side] = {name: DockerSide(name, image) for name in (DOCKER, row.baseline)}
-    return benchlib.measure(row, quick, sides, SAMPLERS[row.key], WARMUP[row.key])
+    """The docker side's and the row's baseline's samples, interleaved (see :func:`benchlib.measure`),
+    by side name; the docker side (whichever channel the row measures) under DOCKER."""
+    measured = MEASURED.get(row.key, DOCKER)
+    sides: dict[str, Side] = {name: DockerSide(name, image) for name in (measured, row.baseline)}
+    stats = benchlib.measure(row, quick, sides, SAMPLERS[row.key], WARMUP[row.key])
+    stats[DOCKER] = stats.pop(measured)
+    return stats
 
 
 def engine_problem() -> str | None:

@@ -29,7 +29,9 @@ ROWS = {
     "execute_idle": ("execute x += 1 after 20 ms idle", "subprocess"),
     "tool": ("tool call f(1), whole execute", "subprocess"),
     "tool_per_call": ("tool per call (100 in one execute)", "subprocess"),
-    "echo": ("echo floor: a JSON line, no sandboxkit", "pipe"),
+    "execute_attach": ("execute x += 1, over attach", "subprocess"),
+    "tool_attach": ("tool call f(1), over attach", "subprocess"),
+    "echo": ("echo floor over attach: a JSON line, no sandboxkit", "pipe"),
 }
 CHECKED = {"start", "execute", "tool", "tool_per_call"}
 
