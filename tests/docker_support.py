@@ -24,6 +24,7 @@ from sandboxkit.conformance.plugin import in_ci
 from sandboxkit.conformance.suite import bounded as _kit_bounded
 
 __all__ = [
+    "sandbox",
     "BACKEND",
     "TEST_LABEL",
     "bounded",
@@ -103,6 +104,24 @@ def tagged_interpreter(**options: Any) -> tuple[Any, str]:
     tag = uuid.uuid4().hex
     labels = {**options.pop("labels", {}), TEST_LABEL: tag}
     return sandboxkit.interpreter(BACKEND, labels=labels, **options), tag
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Callable[..., Any]]:
+    """``sandbox(**options)``: a new, unstarted docker interpreter with a 60 s execute timeout by
+    default (shut down at teardown); needs an engine."""
+    docker_required()
+    made = []
+
+    def make(**options: Any) -> Any:
+        options.setdefault("timeout", 60)
+        interp, _ = tagged_interpreter(**options)
+        made.append(interp)
+        return interp
+
+    yield make
+    for interp in made:
+        interp.shutdown()
 
 
 def container_of(client: Any, tag: str) -> Any | None:

@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 import sandboxkit_docker
-from docker_support import docker_required, no_leaked_containers, tagged_interpreter  # noqa: F401  (fixture)
+from docker_support import docker_required, no_leaked_containers, sandbox, tagged_interpreter  # noqa: F401  (fixtures)
 from sandboxkit import plugins
 from sandboxkit.errors import BackendStartError
 from sandboxkit_docker import channel
@@ -25,21 +25,15 @@ pytestmark = pytest.mark.usefixtures("no_leaked_containers")
 
 
 @pytest.fixture
-def sandbox():
-    """``sandbox(**options)``: a started docker interpreter (shut down at teardown)."""
-    docker_required()
-    made = []
+def started(sandbox):
+    """``started(**options)``: a started docker interpreter (shut down at teardown)."""
 
     def make(**options):
-        options.setdefault("timeout", 60)
-        interp, _ = tagged_interpreter(**options)
-        made.append(interp)
+        interp = sandbox(**options)
         interp.start()
         return interp
 
-    yield make
-    for interp in made:
-        interp.shutdown()
+    return make
 
 
 def channel_of(interp) -> str:
@@ -66,8 +60,8 @@ def _double(x):
     return 2 * x
 
 
-def test_local_engine_uses_the_socket_channel_and_leaves_nothing_on_the_host(sandbox):
-    interp = sandbox()
+def test_local_engine_uses_the_socket_channel_and_leaves_nothing_on_the_host(started):
+    interp = started()
     interp.tools["double"] = _double
     assert channel_of(interp) == "socket"
     assert channel_dirs_of_this_process() == [], "the channel directory should go once the driver connects"
@@ -76,8 +70,8 @@ def test_local_engine_uses_the_socket_channel_and_leaves_nothing_on_the_host(san
     assert interp.execute("len(doc)", variables={"doc": big}) == len(big)
 
 
-def test_the_channel_mount_is_empty_read_only_and_unlistable_inside(sandbox):
-    seen = sandbox().execute(textwrap.dedent(f"""
+def test_the_channel_mount_is_empty_read_only_and_unlistable_inside(started):
+    seen = started().execute(textwrap.dedent(f"""
         import errno, os
         def outcome(action):
             try:
@@ -104,24 +98,24 @@ def test_the_channel_mount_is_empty_read_only_and_unlistable_inside(sandbox):
     assert seen["env"] == []
 
 
-def test_attach_channel_mounts_nothing(sandbox):
-    interp = sandbox(channel="attach")
+def test_attach_channel_mounts_nothing(started):
+    interp = started(channel="attach")
     interp.tools["double"] = _double
     assert channel_of(interp) == "attach"
     assert interp.execute(f"import os\nos.path.exists({channel.CONTAINER_DIR!r})") is False
     assert interp.execute(_TOOL_ROUND_TRIP) == 2450
 
 
-def test_auto_uses_attach_when_the_engine_is_not_on_this_machine(sandbox, monkeypatch):
+def test_auto_uses_attach_when_the_engine_is_not_on_this_machine(started, monkeypatch):
     monkeypatch.setattr(sandboxkit_docker, "_engine_is_local", lambda client: False)
-    interp = sandbox()
+    interp = started()
     assert channel_of(interp) == "attach"
     assert interp.execute(f"import os\nos.path.exists({channel.CONTAINER_DIR!r})") is False
 
 
-def test_unreachable_socket_falls_back_to_attach_and_says_why(sandbox, monkeypatch):
+def test_unreachable_socket_falls_back_to_attach_and_says_why(started, monkeypatch):
     monkeypatch.setattr(sandboxkit_docker, "ChannelListener", UnreachableListener)
-    interp = sandbox()
+    interp = started()
     interp.tools["double"] = _double
     assert channel_of(interp) == "attach"
     assert interp.execute(_TOOL_ROUND_TRIP) == 2450

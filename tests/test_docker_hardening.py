@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from docker_support import bounded, docker_required, no_leaked_containers, tagged_interpreter  # noqa: F401  (fixture)
+from docker_support import bounded, no_leaked_containers, sandbox  # noqa: F401  (fixtures)
 from sandboxkit.errors import CodeExecutionError, CodeInterpreterError, SandboxDiedError
 
 pytestmark = pytest.mark.usefixtures("no_leaked_containers")
@@ -22,23 +22,6 @@ pytestmark = pytest.mark.usefixtures("no_leaked_containers")
 
 def code(text: str) -> str:
     return textwrap.dedent(text).strip("\n") + "\n"
-
-
-@pytest.fixture
-def sandbox():
-    """``sandbox(**options)``: a docker interpreter (shut down at teardown); needs an engine."""
-    docker_required()
-    made = []
-
-    def make(**options):
-        options.setdefault("timeout", 60)
-        interp, _ = tagged_interpreter(**options)
-        made.append(interp)
-        return interp
-
-    yield make
-    for interp in made:
-        interp.shutdown()
 
 
 # -- network ------------------------------------------------------------------------------------
