@@ -23,7 +23,7 @@ from sandboxkit.errors import BackendStartError, OptionError
 from sandboxkit_docker import channel
 from sandboxkit_docker.channel import ChannelListener
 
-__all__ = ["DockerBackend", "DockerOptions"]
+__all__ = ["DockerBackend", "DockerOptions", "create_container"]
 
 DEFAULT_IMAGE = "python:3.12-slim"
 IMAGE_ENV = "SANDBOXKIT_DOCKER_IMAGE"
@@ -165,6 +165,58 @@ def _engine_problem(exc: Exception) -> tuple[str, str]:
             "start Docker (e.g. 'sudo systemctl start docker' or Docker Desktop), or point DOCKER_HOST at one")
 
 
+def create_container(
+    client: Any,
+    options: DockerOptions,
+    command: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    stdin_once: bool,
+    extra_binds: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
+) -> Any:
+    """Create (not start) a container running ``command`` with every hardening ``options`` asks
+    for, sandboxkit's owner labels (plus ``labels``) and ``env`` added to the sandbox's minimal
+    environment; return the SDK's container object. With ``stdin_once`` its stdin is open and
+    ends the container when the attaching client goes. Raises the SDK's errors."""
+    o = options
+    tmpfs_opts = f"rw,nosuid,nodev,size={o.tmpfs_size},mode=1777"
+    # Docker resets a working directory's mode to 755, so give it to the sandbox's user.
+    uid, _, gid = o.user.partition(":")
+    workdir_opts = tmpfs_opts
+    if uid.isdigit() and (not gid or gid.isdigit()):
+        workdir_opts = f"rw,nosuid,nodev,size={o.tmpfs_size},uid={uid},gid={gid or uid}"
+    binds = [f"{os.path.realpath(h)}:{t}:ro" for h, _, t in (m.partition(":") for m in o.mounts)]
+    binds += [f"{os.path.realpath(h)}:{t}:rw" for h, _, t in (m.partition(":") for m in o.rw_mounts)]
+    binds += extra_binds
+    host_config = client.api.create_host_config(
+        network_mode=o.network,
+        read_only=o.read_only,
+        tmpfs={"/tmp": tmpfs_opts, WORKDIR: workdir_opts},
+        pids_limit=o.pids_limit,
+        mem_limit=o.memory,
+        memswap_limit=o.memory,
+        nano_cpus=int(o.cpus * 1e9),
+        init=o.init,
+        cap_drop=["ALL"] if o.drop_capabilities else None,
+        security_opt=["no-new-privileges"] if o.no_new_privileges else None,
+        binds=binds or None,
+    )
+    created = client.api.create_container(
+        image=o.image,
+        command=list(command),
+        stdin_open=stdin_once,
+        detach=not stdin_once,  # with stdin_open, detach=False sets StdinOnce (the SDK has no direct switch)
+        tty=False,
+        working_dir=WORKDIR,
+        user=o.user,
+        environment={"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **o.env, **env},
+        labels={**o.labels, **(labels or {}), **ownership.owner_labels()},
+        host_config=host_config,
+    )
+    return client.containers.get(created["Id"])
+
+
 class DockerBackend(Backend):
     name = "docker"
     description = "a hardened container on a local Docker engine (no network, read-only, non-root, limits)"
@@ -198,48 +250,15 @@ class DockerBackend(Backend):
     def _create_container(
         self, client: Any, argv: Sequence[str], env: Mapping[str, str], listener: ChannelListener | None
     ) -> Any:
-        """Create (not start) the container. Uses the low-level API for ``stdin_once``: the container
-        then ends when the host's connection goes, even if the host process is killed."""
-        o = self.options
-        tmpfs_opts = f"rw,nosuid,nodev,size={o.tmpfs_size},mode=1777"
-        # Docker resets a working directory's mode to 755, so give it to the sandbox's user.
-        uid, _, gid = o.user.partition(":")
-        workdir_opts = tmpfs_opts
-        if uid.isdigit() and (not gid or gid.isdigit()):
-            workdir_opts = f"rw,nosuid,nodev,size={o.tmpfs_size},uid={uid},gid={gid or uid}"
-        binds = [f"{os.path.realpath(h)}:{t}:ro" for h, _, t in (m.partition(":") for m in o.mounts)]
-        binds += [f"{os.path.realpath(h)}:{t}:rw" for h, _, t in (m.partition(":") for m in o.rw_mounts)]
+        """Create (not start) the driver's container. With ``stdin_once`` the container ends when
+        the host's attach connection goes, even if the host process is killed."""
         command = ["python3", *argv[1:]]
+        binds: list[str] = []
         if listener is not None:
             binds.append(f"{listener.host_dir}:{channel.CONTAINER_DIR}:ro")
             command = ["python3", "-I", "-c", channel.SHIM, *argv[1:]]
             env = {**env, channel.ENV_NAME: listener.container_path}
-        host_config = client.api.create_host_config(
-            network_mode=o.network,
-            read_only=o.read_only,
-            tmpfs={"/tmp": tmpfs_opts, WORKDIR: workdir_opts},
-            pids_limit=o.pids_limit,
-            mem_limit=o.memory,
-            memswap_limit=o.memory,
-            nano_cpus=int(o.cpus * 1e9),
-            init=o.init,
-            cap_drop=["ALL"] if o.drop_capabilities else None,
-            security_opt=["no-new-privileges"] if o.no_new_privileges else None,
-            binds=binds or None,
-        )
-        created = client.api.create_container(
-            image=o.image,
-            command=command,
-            stdin_open=True,
-            detach=False,  # with stdin_open this sets StdinOnce (the SDK offers no direct switch)
-            tty=False,
-            working_dir=WORKDIR,
-            user=o.user,
-            environment={"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **o.env, **env},
-            labels={**o.labels, **ownership.owner_labels()},
-            host_config=host_config,
-        )
-        return client.containers.get(created["Id"])
+        return create_container(client, self.options, command, env, stdin_once=True, extra_binds=binds)
 
     def _wants_socket_channel(self, client: Any) -> bool:
         if self.options.channel == "auto":
