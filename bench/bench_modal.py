@@ -375,7 +375,7 @@ class Emulator:
         from sandboxkit_modal.emulator.testing import forget_sdk_client, start_emulator
 
         self._forget = forget_sdk_client
-        self.running = start_emulator()
+        self.running = start_emulator("--sandboxes", "process")
         self._saved = {name: os.environ.get(name) for name in self.running.env}
         os.environ.update(self.running.env)
         forget_sdk_client()

@@ -1,10 +1,10 @@
 """The conformance kit against the ``modal`` backend, driving the real ``modal`` SDK against
 sandboxkit's local emulator of Modal's API (no account, no network).
 
-Known gaps, each an ``xfail`` with its reason: in its process mode the emulator runs each
-sandbox as local processes, so the network blocking and file-system isolation that real Modal
-sandboxes give cannot be observed here. The emulator's container mode, which would make them
-real, is not written yet.
+The emulator runs each sandbox in a hardened Docker container when an engine with the test
+image answers, so the network blocking and file-system isolation the backend declares are real
+and tested. Without an engine it runs local processes, which cannot show them: those two tests
+then skip, with that reason, except in CI (``CI=true``), where no engine fails the run.
 """
 
 from __future__ import annotations
@@ -19,11 +19,26 @@ from sandboxkit.conformance.plugin import in_ci
 if not in_ci():
     pytest.importorskip("modal", reason="the modal extra (modal SDK) is not installed")
 
-from sandboxkit_modal.emulator.testing import modal_emulator, modal_emulator_server  # noqa: E402,F401
+from sandboxkit_modal.emulator.testing import (  # noqa: E402,F401  (fixtures)
+    RunningEmulator,
+    modal_emulator_isolated,
+    modal_emulator_isolated_server,
+)
 
-pytestmark = pytest.mark.usefixtures("modal_emulator")
+pytestmark = pytest.mark.usefixtures("modal_emulator_isolated")
 
-_PROCESS_MODE = "the emulator's process mode runs sandboxes as local processes; its container mode is not written yet"
+
+@pytest.fixture(autouse=True)
+def _containers_in_ci(modal_emulator_isolated: RunningEmulator) -> None:
+    if in_ci() and modal_emulator_isolated.sandboxes != "container":
+        pytest.fail("CI is set, but the Modal emulator runs sandboxes as local processes (no Docker engine "
+                    f"with the image?); it said:\n{modal_emulator_isolated.log()}", pytrace=False)
+
+
+def _needs_containers(emulator: RunningEmulator) -> None:
+    if emulator.sandboxes != "container":
+        pytest.skip("the Modal emulator runs sandboxes as local processes here (no Docker engine with the "
+                    "image), so Modal's isolation cannot be observed")
 
 
 class ModalSettings:
@@ -79,12 +94,12 @@ class TestDeath(ModalSettings, suite.DeathSuite):
 
 
 class TestEnvironment(ModalSettings, suite.EnvironmentSuite):
-    @pytest.mark.xfail(strict=True, reason=_PROCESS_MODE)
-    def test_no_network(self, interp: Any) -> None:
+    def test_no_network(self, interp: Any, modal_emulator_isolated: RunningEmulator) -> None:
+        _needs_containers(modal_emulator_isolated)
         super().test_no_network(interp)
 
-    @pytest.mark.xfail(strict=True, reason=_PROCESS_MODE)
-    def test_host_files_are_not_visible(self, interp: Any, tmp_path: Any) -> None:
+    def test_host_files_are_not_visible(self, interp: Any, tmp_path: Any, modal_emulator_isolated: RunningEmulator) -> None:
+        _needs_containers(modal_emulator_isolated)
         super().test_host_files_are_not_visible(interp, tmp_path)
 
 

@@ -32,7 +32,7 @@ else:
 
 from modal.exception import AuthError, NotFoundError, SandboxTimeoutError, UnimplementedError  # noqa: E402
 
-from sandboxkit_modal.emulator.sandboxes import DEFAULT_PATH  # noqa: E402
+from sandboxkit_modal.emulator.runtimes import DEFAULT_PATH  # noqa: E402
 from sandboxkit_modal.emulator.testing import (  # noqa: E402,F401  (fixtures)
     RunningEmulator,
     forget_sdk_client,

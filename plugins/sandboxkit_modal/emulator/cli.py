@@ -8,7 +8,9 @@ to say goes to standard error. Typical use::
     set -a; . /tmp/modal-env; set +a                  # once the empty line has been printed
     python my_modal_program.py
 
-It stops on SIGINT or SIGTERM, killing every sandbox process it started.
+Sandboxes run in hardened Docker containers when a Docker engine with the image answers
+(``--sandboxes auto``, the default), else as local processes; it says which on standard error.
+It stops on SIGINT or SIGTERM, killing every sandbox process (and container) it started.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 from typing import Sequence
 
 from .server import EmulatorServer, served_rpcs
+from .runtimes import SANDBOX_MODES
 from .state import EmulatorConfig
 
 __all__ = ["main", "parse_args"]
@@ -39,8 +42,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="sandboxkit-modal-emulator",
         description=(
             "Serve a local emulator of the parts of Modal's API that sandboxkit's modal backend uses, "
-            "so the unmodified modal SDK runs against it. Sandboxes run as local processes: no "
-            "isolation, and network blocking and resource limits are not enforced."
+            "so the unmodified modal SDK runs against it. Sandboxes run in hardened Docker containers "
+            "when an engine is available (network blocking and limits enforced), else as local "
+            "processes (no isolation)."
         ),
     )
     defaults = EmulatorConfig()
@@ -59,6 +63,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="NAME=KEY=VALUE",
         help="create a named secret (repeat for more keys or secrets)",
     )
+    parser.add_argument(
+        "--sandboxes",
+        choices=SANDBOX_MODES,
+        default="auto",
+        help="where sandboxes run: Docker containers, local processes, or containers when a Docker "
+        "engine with the image answers (default: auto)",
+    )
+    parser.add_argument(
+        "--docker-image",
+        default=None,
+        help="image of container mode, with python3 (default: $SANDBOXKIT_DOCKER_IMAGE, else the docker "
+        "backend's default)",
+    )
     parser.add_argument("--record-dir", default=None, help="write each sandbox's create request there as JSON")
     parser.add_argument("--token-ttl", type=float, default=defaults.token_ttl, help="lifetime of minted tokens (s)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v: sandboxes, -vv: every RPC)")
@@ -71,7 +88,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     for name, key, value in args.secret:
         secrets.setdefault(name, {})[key] = value
     config = EmulatorConfig(
-        port=args.port, python=args.python, root=args.root, token_ttl=args.token_ttl, secrets=secrets
+        port=args.port, python=args.python, root=args.root, token_ttl=args.token_ttl, secrets=secrets,
+        sandboxes=args.sandboxes, docker_image=args.docker_image,
     )
     if args.token_id:
         config.token_id = args.token_id
@@ -92,8 +110,7 @@ async def _serve(server: EmulatorServer) -> None:
         sys.stdout.write("\n")
         sys.stdout.flush()
         print(
-            f"sandboxkit's Modal emulator serving on {server.url}; sandboxes run as local processes "
-            "(no isolation; network blocking and resource limits are not enforced). Ctrl-C stops it.",
+            f"sandboxkit's Modal emulator serving on {server.url}; {server.state.sandbox_note}. Ctrl-C stops it.",
             file=sys.stderr,
             flush=True,
         )
@@ -113,7 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("sandboxkit_modal.emulator").setLevel(level)
-    server = EmulatorServer(config_from_args(args), record_dir=args.record_dir)
+    try:
+        server = EmulatorServer(config_from_args(args), record_dir=args.record_dir)
+    except ValueError as exc:
+        print(f"sandboxkit-modal-emulator: {exc}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(_serve(server))
     except KeyboardInterrupt:

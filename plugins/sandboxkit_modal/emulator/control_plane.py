@@ -90,7 +90,8 @@ class ControlPlane(ModalClientBase):
         name = definition.name if definition.HasField("name") else ""
         if name and any(s.name == name and s.app_id == app_id and s.running for s in state.sandboxes.all()):
             raise GRPCError(Status.ALREADY_EXISTS, f"A running Sandbox named '{name}' already exists in this app")
-        _warn_unenforced(definition)
+        if state.sandbox_mode == "process":
+            _warn_unenforced(definition)
         sandbox_id = new_sandbox_id(version)
         sandbox = Sandbox(
             sandbox_id=sandbox_id,
@@ -100,8 +101,7 @@ class ControlPlane(ModalClientBase):
             definition=definition,
             env=env,
             tags={t.tag_name: t.tag_value for t in tags},
-            directory=os.path.join(state.root, sandbox_id),
-            python=state.config.python,
+            runtime=state.runtime(sandbox_id, definition, env),
             created_at=state.sandboxes.next_created_at(),
         )
         try:

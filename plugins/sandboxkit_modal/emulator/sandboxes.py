@@ -1,44 +1,37 @@
-"""Emulated sandboxes: a private directory and the local processes that run in it.
+"""Emulated sandboxes: their life cycle, and the processes that run in them.
 
 A sandbox lives until its entrypoint exits (when it was given one), it is terminated, its
 ``timeout`` passes, or it has been idle for its ``idle_timeout``. Then every process it started is
 killed, its result is fixed (Modal's ``GenericResult``: success or failure with the entrypoint's
-exit code, ``TERMINATED`` or ``TIMEOUT``), and its directory is removed.
+exit code, ``TERMINATED`` or ``TIMEOUT``), and its runtime is stopped (its directory or container removed).
 
 Inside a sandbox, each exec and the entrypoint is an :class:`Exec`: one process whose stdout and
 stderr are kept whole (reads resume from any offset) and whose stdin takes offset-addressed
 writes, so a retried write is not applied twice.
 
-The working directory of a process is the sandbox's directory; an absolute ``workdir`` ``/a/b``
-means ``<sandbox dir>/a/b``. A process sees only the environment the SDK asked for, plus a minimal
-``PATH`` when none was given. Errors are raised as :class:`grpclib.GRPCError` with the status
-Modal's servers use.
+Where the processes run is the sandbox's runtime (see :mod:`.runtimes`): local processes in a
+private directory, or one Docker container. A process sees only the environment the SDK asked
+for. Errors are raised as :class:`grpclib.GRPCError` with the status Modal's servers use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import posixpath
-import shutil
 import time
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from grpclib import GRPCError, Status
 from modal_proto import api_pb2
 
 from .outputs import OutputBuffer, pump
-from .processes import LocalProcess, SpawnError, resolve_argv, spawn
+from .processes import SpawnError
 
-__all__ = ["DEFAULT_PATH", "Exec", "Sandbox", "SandboxRegistry"]
+__all__ = ["Exec", "Sandbox", "SandboxRegistry"]
 
 #: Seconds after an exec's timeout before the emulator kills it (see Exec._expire).
 EXEC_KILL_DELAY = 0.5
 log = logging.getLogger("sandboxkit_modal.emulator")
-
-#: ``PATH`` of a process whose environment does not set one.
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 #: How long a killed sandbox's output pipes may take to drain before they are cut off (s).
 SETTLE_GRACE = 2.0
@@ -61,7 +54,7 @@ class Exec:
         self._on_exit = on_exit
         self.stdout = OutputBuffer()
         self.stderr = OutputBuffer()
-        self.process: LocalProcess | None = None
+        self.process: Any = None  # a runtime's process (see .runtimes)
         #: The exit status: a code, or ``-signal``; None while running.
         self.status: int | None = None
         self.exited = asyncio.Event()
@@ -81,17 +74,19 @@ class Exec:
 
     async def start(
         self,
+        runtime: Any,
         argv: Sequence[str],
         *,
         env: Mapping[str, str],
-        cwd: str,
+        workdir: str,
         stdout: bool = True,
         stderr: bool = True,
         timeout: float | None = None,
     ) -> None:
-        """Start the process. A program that cannot start exits 127 or 126 with a message on stderr."""
+        """Start the process in ``runtime``. A program that cannot start exits 127 or 126 with a
+        message on stderr."""
         try:
-            self.process = await spawn(argv, env=env, cwd=cwd, stdout=stdout, stderr=stderr)
+            self.process = await runtime.spawn(argv, env=env, workdir=workdir, stdout=stdout, stderr=stderr)
         except SpawnError as exc:
             self.stderr.append(f"sandboxkit's Modal emulator: {exc}\n".encode())
             self.stdout.close()
@@ -200,8 +195,7 @@ class Sandbox:
         definition: api_pb2.Sandbox,
         env: Mapping[str, str],
         tags: Mapping[str, str],
-        directory: str,
-        python: str,
+        runtime: Any,
         created_at: float,
     ) -> None:
         self.id = sandbox_id
@@ -212,8 +206,8 @@ class Sandbox:
         self.name = definition.name if definition.HasField("name") else ""
         self.env = dict(env)
         self.tags = dict(tags)
-        self.directory = directory
-        self.python = python
+        #: Where the processes run (see .runtimes).
+        self.runtime = runtime
         self.created_at = created_at
         self.execs: dict[str, Exec] = {}
         #: The entrypoint process, or a stand-in with empty output when the sandbox has none.
@@ -227,12 +221,11 @@ class Sandbox:
     # -- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Make the directory, start the entrypoint (if any) and the timers."""
-        os.makedirs(self.directory, exist_ok=True)
-        cwd = self.path(self.definition.workdir if self.definition.HasField("workdir") else "")
+        """Start the runtime, the entrypoint (if any) and the timers."""
+        await self.runtime.start()
         args = list(self.definition.entrypoint_args)
         if args:
-            await self.entrypoint.start(resolve_argv(args, self.python), env=self.process_env({}), cwd=cwd)
+            await self.entrypoint.start(self.runtime, args, env=self.env, workdir=self.default_workdir)
             self._tasks.append(asyncio.ensure_future(self._watch_entrypoint()))
         else:
             self.entrypoint.stdin_closed = True
@@ -268,7 +261,7 @@ class Sandbox:
         self.last_activity = time.monotonic()
 
     def finish(self, status: int, *, exitcode: int = 0, message: str = "") -> asyncio.Task[None]:
-        """End the sandbox (once): fix its result, kill its processes, remove its directory.
+        """End the sandbox (once): fix its result, kill its processes, stop its runtime.
 
         The result is fixed at once, so new execs are refused; :attr:`finished` is set when every
         process is gone. Returns the task doing the work; await it to wait for the end.
@@ -288,9 +281,10 @@ class Sandbox:
         for process in everything:
             process.ended_with_sandbox = process.running
             process.kill()
+        await self.runtime.kill_all()
         await asyncio.gather(*(process.settle() for process in everything))
         self.finished.set()
-        await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, self.directory, True)
+        await self.runtime.stop()
         log.info("sandbox %s finished: %s", self.id, self.result.exception if self.result else "")
 
     async def wait(self, timeout: float | None) -> api_pb2.GenericResult | None:
@@ -316,21 +310,10 @@ class Sandbox:
 
     # -- processes ------------------------------------------------------------------------------
 
-    def path(self, workdir: str) -> str:
-        """The host directory for the sandbox path ``workdir`` (created); ``""`` means the sandbox's own."""
-        inside = posixpath.normpath("/" + workdir).lstrip("/")  # as in a container, "/.." is "/"
-        target = os.path.normpath(os.path.join(self.directory, inside))
-        if os.path.commonpath([target, self.directory]) != self.directory:
-            raise GRPCError(Status.INVALID_ARGUMENT, f"workdir {workdir!r} leaves the sandbox")
-        os.makedirs(target, exist_ok=True)
-        return target
-
-    def process_env(self, extra: Mapping[str, str]) -> dict[str, str]:
-        """The environment of a new process: the sandbox's, then ``extra``; ``PATH`` if neither set it."""
-        env = {"PATH": DEFAULT_PATH}
-        env.update(self.env)
-        env.update(extra)
-        return env
+    @property
+    def default_workdir(self) -> str:
+        """The working directory the sandbox was created with ("" when none was given)."""
+        return self.definition.workdir if self.definition.HasField("workdir") else ""
 
     async def exec(
         self,
@@ -350,11 +333,11 @@ class Sandbox:
         self.touch()
         process = Exec(exec_id, on_exit=self.touch)
         self.execs[exec_id] = process
-        cwd = self.path(workdir or (self.definition.workdir if self.definition.HasField("workdir") else ""))
         await process.start(
-            resolve_argv(argv, self.python),
-            env=self.process_env(env),
-            cwd=cwd,
+            self.runtime,
+            argv,
+            env={**self.env, **env},
+            workdir=workdir or self.default_workdir,
             stdout=stdout,
             stderr=stderr,
             timeout=timeout,

@@ -2,21 +2,24 @@
 
 Everything lives in memory for the life of the server. Environments, apps and named secrets are
 keyed by environment name; the SDK's default environment (an empty name) is called ``main``.
-Images are recorded, never built: a sandbox's processes run on this host's Python whatever image
-the SDK describes, so layers such as ``pip_install`` or ``env`` have no effect.
+Images are recorded, never built: a sandbox's processes run on this host's Python (process mode) or
+in the configured Docker image (container mode) whatever image the SDK describes, so layers such
+as ``pip_install`` or ``env`` have no effect.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import secrets
 import sys
-from typing import Mapping
+from typing import Any, Mapping
 
 from grpclib import GRPCError, Status
 from modal_proto import api_pb2
 
+from .runtimes import ContainerRuntime, LocalRuntime, resolve_mode
 from .sandboxes import SandboxRegistry
 from .tokens import TokenMinter, new_id
 
@@ -48,6 +51,11 @@ class EmulatorConfig:
     secrets: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
     #: Image builder version reported to the SDK.
     image_builder_version: str = IMAGE_BUILDER_VERSION
+    #: Where sandboxes run: "process" (local processes), "container" (a Docker container each),
+    #: or "auto" (containers when a Docker engine with ``docker_image`` answers, else processes).
+    sandboxes: str = "process"
+    #: The image of container mode; default: the docker backend's ($SANDBOXKIT_DOCKER_IMAGE, ...).
+    docker_image: str | None = None
 
 
 @dataclasses.dataclass
@@ -56,6 +64,16 @@ class _Secret:
     name: str
     environment: str
     values: dict[str, str]
+
+
+def _docker_default_image(mode: str) -> str:
+    if mode == "process":
+        return ""
+    try:
+        from sandboxkit_docker import DockerOptions
+    except ImportError:
+        return ""
+    return DockerOptions().image
 
 
 def environment_name(name: str) -> str:
@@ -80,6 +98,22 @@ class EmulatorState:
         self._images: dict[str, api_pb2.Image] = {}
         for name, values in config.secrets.items():
             self.put_secret(name, DEFAULT_ENVIRONMENT, dict(values))
+        self.docker_image = config.docker_image or _docker_default_image(config.sandboxes)
+        #: "process" or "container", and a sentence saying what that means.
+        self.sandbox_mode, self.sandbox_note = resolve_mode(config.sandboxes, self.docker_image)
+        self._docker: Any = None
+
+    # -- runtimes -------------------------------------------------------------------------------
+
+    def runtime(self, sandbox_id: str, definition: api_pb2.Sandbox, env: Mapping[str, str]) -> Any:
+        """Where the processes of a new sandbox run (see .runtimes)."""
+        if self.sandbox_mode == "process":
+            return LocalRuntime(os.path.join(self.root, sandbox_id), self.config.python)
+        if self._docker is None:
+            import docker
+
+            self._docker = docker.from_env(timeout=120)
+        return ContainerRuntime(self._docker, self.docker_image, sandbox_id, definition, env)
 
     # -- environments and apps ------------------------------------------------------------------
 

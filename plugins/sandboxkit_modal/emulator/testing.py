@@ -5,11 +5,16 @@
 The fixtures:
 
 ``modal_emulator_server`` (session)
-    One emulator for the whole test session, stopped (with every sandbox process) at the end.
+    One emulator for the whole test session, running sandboxes as local processes (fast, and the
+    same on every machine), stopped (with every sandbox process) at the end.
 ``modal_emulator`` (function)
     The same emulator, with its environment variables set in this process for one test, so the
     ``modal`` SDK talks to it. The SDK keeps one client per process, bound to the server it first
     saw; the fixture drops that cached client before and after the test.
+``modal_emulator_isolated_server`` (session) and ``modal_emulator_isolated`` (function)
+    The same pair for an emulator in ``--sandboxes auto`` mode: each sandbox is a hardened Docker
+    container when an engine with the image answers, so Modal's isolation is real; otherwise
+    local processes. :attr:`RunningEmulator.sandboxes` says which.
 
 Use them from a test module with ``from sandboxkit_modal.emulator.testing import modal_emulator,
 modal_emulator_server``, or register this module as a pytest plugin. Importing it needs only the
@@ -27,12 +32,21 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import pytest
 
-__all__ = ["RunningEmulator", "forget_sdk_client", "modal_emulator", "modal_emulator_server", "start_emulator"]
+__all__ = [
+    "RunningEmulator",
+    "forget_sdk_client",
+    "modal_emulator",
+    "modal_emulator_isolated",
+    "modal_emulator_isolated_server",
+    "modal_emulator_server",
+    "start_emulator",
+]
 
 #: The directory that holds the ``sandboxkit_modal`` package (put on the child's PYTHONPATH, so a
 #: source checkout works even where the package is not installed).
@@ -54,6 +68,8 @@ class RunningEmulator:
         self.token_secret = self.env["MODAL_TOKEN_SECRET"]
         self.record_dir = record_dir
         self._workdir = workdir
+        #: Where its sandboxes run: "container" or "process" (from what it said at start).
+        self.sandboxes = "container" if "sandboxes run in hardened Docker containers" in self.log() else "process"
 
     def record(self, sandbox_id: str) -> dict[str, Any]:
         """What the SDK asked for when it created ``sandbox_id`` (see ``--record-dir``)."""
@@ -122,6 +138,7 @@ def start_emulator(
             if not line:
                 break
             printed.append(line)
+        _wait_for_banner(workdir, process, timeout)
         emulator = RunningEmulator(process, printed, workdir, record_dir)
         return emulator
     except (queue.Empty, RuntimeError, KeyError, ValueError) as exc:
@@ -131,6 +148,18 @@ def start_emulator(
             log = f.read()
         shutil.rmtree(workdir, ignore_errors=True)
         raise RuntimeError(f"the Modal emulator did not start ({exc!r}); it said:\n{log}") from None
+
+
+def _wait_for_banner(workdir: str, process: subprocess.Popen[str], timeout: float) -> None:
+    """Wait until the emulator's stderr has its "serving on" line (written right after its environment)."""
+    deadline = time.monotonic() + timeout
+    path = os.path.join(workdir, "stderr.log")
+    while time.monotonic() < deadline and process.poll() is None:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            if "serving on" in f.read():
+                return
+        time.sleep(0.01)
+    raise RuntimeError("the Modal emulator printed its environment but not what it serves")
 
 
 def forget_sdk_client() -> None:
@@ -143,21 +172,43 @@ def forget_sdk_client() -> None:
 
 @pytest.fixture(scope="session")
 def modal_emulator_server() -> Iterator[RunningEmulator]:
-    """One Modal emulator for the test session."""
-    emulator = start_emulator()
+    """One Modal emulator for the test session; sandboxes are local processes."""
+    emulator = start_emulator("--sandboxes", "process")
     try:
         yield emulator
     finally:
         emulator.stop()
 
 
-@pytest.fixture
-def modal_emulator(modal_emulator_server: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
-    """The session's Modal emulator, with the ``modal`` SDK in this process pointed at it for one test."""
-    for name, value in modal_emulator_server.env.items():
+@pytest.fixture(scope="session")
+def modal_emulator_isolated_server() -> Iterator[RunningEmulator]:
+    """One Modal emulator for the test session; sandboxes are Docker containers where possible."""
+    emulator = start_emulator("--sandboxes", "auto")
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+def _pointed_at(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
+    for name, value in emulator.env.items():
         monkeypatch.setenv(name, value)
     forget_sdk_client()
     try:
-        yield modal_emulator_server
+        yield emulator
     finally:
         forget_sdk_client()
+
+
+@pytest.fixture
+def modal_emulator(modal_emulator_server: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
+    """The session's Modal emulator, with the ``modal`` SDK in this process pointed at it for one test."""
+    yield from _pointed_at(modal_emulator_server, monkeypatch)
+
+
+@pytest.fixture
+def modal_emulator_isolated(
+    modal_emulator_isolated_server: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RunningEmulator]:
+    """The session's container-mode emulator, with the ``modal`` SDK pointed at it for one test."""
+    yield from _pointed_at(modal_emulator_isolated_server, monkeypatch)
