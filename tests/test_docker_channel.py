@@ -18,10 +18,21 @@ import pytest
 import sandboxkit_docker
 from docker_support import docker_required, no_leaked_containers, sandbox, tagged_interpreter  # noqa: F401  (fixtures)
 from sandboxkit import plugins
-from sandboxkit.errors import BackendStartError
+from sandboxkit.conformance.plugin import in_ci
+from sandboxkit.errors import BackendStartError, CodeInterpreterError
 from sandboxkit_docker import channel
 
 pytestmark = pytest.mark.usefixtures("no_leaked_containers")
+
+
+@pytest.fixture
+def local_engine():
+    """Skips (outside CI) when the engine is not on this machine: then "auto" means attach."""
+    client = docker_required()
+    if not sandboxkit_docker._engine_is_local(client, None):
+        if in_ci():
+            pytest.fail("CI is set, but the Docker engine is not on this machine", pytrace=False)
+        pytest.skip("the Docker engine is not on this machine, so the socket channel is not used")
 
 
 @pytest.fixture
@@ -60,7 +71,7 @@ def _double(x):
     return 2 * x
 
 
-def test_local_engine_uses_the_socket_channel_and_leaves_nothing_on_the_host(started):
+def test_local_engine_uses_the_socket_channel_and_leaves_nothing_on_the_host(started, local_engine):
     interp = started()
     interp.tools["double"] = _double
     assert channel_of(interp) == "socket"
@@ -70,7 +81,7 @@ def test_local_engine_uses_the_socket_channel_and_leaves_nothing_on_the_host(sta
     assert interp.execute("len(doc)", variables={"doc": big}) == len(big)
 
 
-def test_the_channel_mount_is_empty_read_only_and_unlistable_inside(started):
+def test_the_channel_mount_is_empty_read_only_and_unlistable_inside(started, local_engine):
     seen = started().execute(textwrap.dedent(f"""
         import errno, os
         def outcome(action):
@@ -107,13 +118,13 @@ def test_attach_channel_mounts_nothing(started):
 
 
 def test_auto_uses_attach_when_the_engine_is_not_on_this_machine(started, monkeypatch):
-    monkeypatch.setattr(sandboxkit_docker, "_engine_is_local", lambda client: False)
+    monkeypatch.setattr(sandboxkit_docker, "_engine_is_local", lambda client, docker_host: False)
     interp = started()
     assert channel_of(interp) == "attach"
     assert interp.execute(f"import os\nos.path.exists({channel.CONTAINER_DIR!r})") is False
 
 
-def test_unreachable_socket_falls_back_to_attach_and_says_why(started, monkeypatch):
+def test_unreachable_socket_falls_back_to_attach_and_says_why(started, monkeypatch, local_engine):
     monkeypatch.setattr(sandboxkit_docker, "ChannelListener", UnreachableListener)
     interp = started()
     interp.tools["double"] = _double
@@ -124,12 +135,21 @@ def test_unreachable_socket_falls_back_to_attach_and_says_why(started, monkeypat
     assert channel_dirs_of_this_process() == []
 
 
-def test_demanded_socket_channel_that_cannot_connect_is_a_clear_start_error(monkeypatch):
-    docker_required()
+def test_demanded_socket_channel_that_cannot_connect_is_a_clear_start_error(monkeypatch, local_engine):
     monkeypatch.setattr(sandboxkit_docker, "ChannelListener", UnreachableListener)
     interp, _ = tagged_interpreter(channel="socket")
     with pytest.raises(BackendStartError, match="channel='attach'"):
         interp.start()
+    assert channel_dirs_of_this_process() == []
+
+
+def test_a_sandbox_that_dies_before_connecting_is_reported_with_its_stderr(monkeypatch, local_engine):
+    monkeypatch.setattr(channel, "SHIM", "import sys\nsys.stderr.write('broke before connecting\\n')\nsys.exit(3)")
+    interp, _ = tagged_interpreter(channel="socket")
+    with pytest.raises(CodeInterpreterError) as failure:
+        interp.start()
+    assert "broke before connecting" in str(failure.value)
+    assert "socket channel" not in str(failure.value)  # not blamed on the engine or the mount
     assert channel_dirs_of_this_process() == []
 
 

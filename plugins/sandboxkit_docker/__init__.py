@@ -139,21 +139,24 @@ def _engine_availability(options: DockerOptions | None) -> Availability:
 
 
 _local_engines: dict[str, bool] = {}
+#: The SDK's base URL for every engine it reaches over a Unix socket (ssh and npipe differ).
+_UNIX_SOCKET_URL = "http+docker://localhost"
 
 
-def _engine_is_local(client: Any) -> bool:
-    """Whether the engine runs on this machine and reaches it over a Unix socket, so that a
-    directory bind-mounted from here is this machine's directory (not a VM's or another host's)."""
-    url = client.api.base_url
-    if url not in _local_engines:
-        local = url.startswith("http+docker://")
-        if local:
+def _engine_is_local(client: Any, docker_host: str | None) -> bool:
+    """Whether the engine runs on this machine and is reached over a Unix socket, so that a
+    directory bind-mounted from here is this machine's directory (not a VM's or another host's).
+    Remembered per engine address (``docker_host``, else ``$DOCKER_HOST``)."""
+    address = docker_host or os.environ.get("DOCKER_HOST") or ""
+    if address not in _local_engines:
+        if client.api.base_url != _UNIX_SOCKET_URL:
+            _local_engines[address] = False
+        else:
             try:
-                local = client.info().get("Name") == socket.gethostname()
+                _local_engines[address] = client.info().get("Name") == socket.gethostname()
             except Exception:
-                local = False
-        _local_engines[url] = local
-    return _local_engines[url]
+                return False  # not remembered: the engine may answer next time
+    return _local_engines[address]
 
 
 def _engine_problem(exc: Exception) -> tuple[str, str]:
@@ -254,7 +257,9 @@ class DockerBackend(Backend):
         the host's attach connection goes, even if the host process is killed."""
         command = ["python3", *argv[1:]]
         binds: list[str] = []
-        if listener is not None:
+        if listener is None:  # over the attach relay the driver must not poll (see poll_before_sleep)
+            env = {**env, "SANDBOXKIT_SPIN_SECONDS": "0"}
+        else:
             binds.append(f"{listener.host_dir}:{channel.CONTAINER_DIR}:ro")
             command = ["python3", "-I", "-c", channel.SHIM, *argv[1:]]
             env = {**env, channel.ENV_NAME: listener.container_path}
@@ -262,7 +267,7 @@ class DockerBackend(Backend):
 
     def _wants_socket_channel(self, client: Any) -> bool:
         if self.options.channel == "auto":
-            return _engine_is_local(client)
+            return _engine_is_local(client, self.options.docker_host)
         return self.options.channel == "socket"
 
     def launch(self, argv: Sequence[str], env: Mapping[str, str]) -> SandboxProcess:
@@ -271,7 +276,7 @@ class DockerBackend(Backend):
         from sandboxkit_docker.process import ContainerProcess
 
         client = _client(self.options)
-        listener = ChannelListener() if self._wants_socket_channel(client) else None
+        listener = self._listener(client)
         try:
             try:
                 container = self._create_container(client, argv, env, listener)
@@ -301,17 +306,32 @@ class DockerBackend(Backend):
             if listener is not None:
                 listener.close()
 
+    def _listener(self, client: Any) -> ChannelListener | None:
+        """A socket-channel listener if this launch should use one (``None``: attach)."""
+        if not self._wants_socket_channel(client):
+            return None
+        try:
+            return ChannelListener()
+        except OSError as exc:  # e.g. a temporary directory whose path is too long for a socket
+            if self.options.channel == "socket":
+                raise BackendStartError(f"could not open the socket channel on the host: {exc}") from exc
+            return None
+
     def _connect_channel(self, process: Any, listener: ChannelListener) -> None:
         """Switch ``process`` to the socket channel once its driver connects; if the sandbox
-        falls back instead, keep the attach stream, unless the 'socket' channel was demanded."""
+        falls back instead, keep the attach stream, unless the 'socket' channel was demanded. A
+        sandbox that ended first keeps the attach stream too: the session then reports the death
+        with its stderr."""
         try:
-            connection = listener.accept(process.attach_socket, process.split_output, _CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
+            outcome = listener.accept(process.attach_socket, process.split_output, _CONNECT_TIMEOUT)
+        except BaseException as exc:
             process.kill()
-            raise BackendStartError(f"the sandbox container did not start its driver: {exc}") from exc
-        if connection is not None:
-            process.use_channel(connection)
-        elif self.options.channel == "socket":
+            if isinstance(exc, (OSError, TimeoutError)):
+                raise BackendStartError(f"the sandbox container did not start its driver: {exc}") from exc
+            raise
+        if isinstance(outcome, socket.socket):
+            process.use_channel(outcome)
+        elif outcome == "fallback" and self.options.channel == "socket":
             process.kill()
             raise BackendStartError(
                 "the sandbox could not connect to its socket channel (the engine may run in a VM or on "

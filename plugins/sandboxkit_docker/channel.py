@@ -16,7 +16,7 @@ then removes it (the container keeps an empty, read-only mount). If the sandbox 
 from __future__ import annotations
 
 import os
-import select
+import selectors
 import shutil
 import socket
 import tempfile
@@ -67,11 +67,11 @@ class ChannelListener:
     def __init__(self) -> None:
         self._root = tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-")
         self.host_dir = os.path.join(self._root, "mnt")
-        os.mkdir(self.host_dir, 0o711)
-        os.chmod(self.host_dir, 0o711)  # whatever the umask
         self._path = os.path.join(self.host_dir, _SOCKET_NAME)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            os.mkdir(self.host_dir, 0o711)
+            os.chmod(self.host_dir, 0o711)  # whatever the umask
             self._listener.bind(self._path)
             os.chmod(self._path, 0o666)
             self._listener.listen(1)
@@ -85,24 +85,31 @@ class ChannelListener:
 
     def accept(
         self, attach: socket.socket, split_output: Callable[[bytes], bytes], timeout: float
-    ) -> socket.socket | None:
-        """Wait for the driver's connection. Returns it, or ``None`` if the sandbox fell back to
-        the attach stream (its marker arrived) or ended first. Other output read from ``attach``
-        meanwhile goes through ``split_output``. Raises :class:`TimeoutError` after ``timeout``."""
+    ) -> socket.socket | str:
+        """Wait for the driver's connection. Returns it, or "fallback" if the sandbox fell back to
+        the attach stream (its marker arrived), or "ended" if the attach stream ended first.
+        Other output read from ``attach`` meanwhile goes through ``split_output``. Raises
+        :class:`TimeoutError` after ``timeout``."""
         deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"the sandbox neither connected nor fell back within {timeout:g}s")
-            readable, _, _ = select.select([self._listener, attach], [], [], left)
-            if self._listener in readable:
-                connection, _ = self._listener.accept()
-                connection.setblocking(True)
-                return connection
-            if attach in readable:
-                chunk = attach.recv(1 << 16)
-                if split_output(chunk) or not chunk:
-                    return None
+        with selectors.DefaultSelector() as selector:  # no FD_SETSIZE limit, unlike select()
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(attach, selectors.EVENT_READ)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"the sandbox neither connected nor fell back within {timeout:g}s")
+                ready = {key.fileobj for key, _ in selector.select(left)}
+                if self._listener in ready:
+                    connection, _ = self._listener.accept()
+                    connection.setblocking(True)
+                    return connection
+                if attach in ready:
+                    chunk = attach.recv(1 << 16)
+                    if not chunk:
+                        split_output(chunk)
+                        return "ended"
+                    if split_output(chunk):
+                        return "fallback"
 
     def close(self) -> None:
         """Stop listening and remove the directory (an established connection is unaffected)."""
@@ -126,10 +133,17 @@ def remove_stale_dirs(dry_run: bool) -> list[str]:
             continue
         pid_text = name[len(_DIR_PREFIX):].partition("-")[0]
         path = os.path.join(base, name)
-        if not pid_text.isdigit() or _running(int(pid_text)) or not os.path.isdir(path):
+        try:
+            mine = os.lstat(path).st_uid == os.getuid()
+        except OSError:
+            continue
+        if not mine or not pid_text.isdigit() or _running(int(pid_text)) or not os.path.isdir(path):
             continue
         if not dry_run:
             shutil.rmtree(path, ignore_errors=True)
+            if os.path.exists(path):
+                removed.append(f"error: could not remove socket channel directory {path}")
+                continue
         removed.append(f"socket channel directory {path} of pid {pid_text}")
     return removed
 

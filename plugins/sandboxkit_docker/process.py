@@ -112,6 +112,7 @@ class ContainerProcess(SandboxProcess):
     def use_channel(self, connection: socket.socket) -> None:
         """Carry stdin and stdout over the driver's socket-channel ``connection`` from now on."""
         self._channel = connection
+        self._sock.settimeout(None)  # the stderr pump may wait for a long time
         self.stdin = _SocketWriter(connection)  # type: ignore[assignment]
         self.stdout = _SocketReader(connection)  # type: ignore[assignment]
         self.split_output = None  # type: ignore[assignment]

@@ -99,13 +99,16 @@ def docker_problem(image: str) -> str | None:
     availability = DockerBackend.check()
     if not availability.usable:
         return availability.reason
-    client = docker.from_env(timeout=60)
     try:
-        client.images.get(image)
+        client = docker.from_env(timeout=60)
+        try:
+            client.images.get(image)
+        finally:
+            client.close()
     except docker.errors.ImageNotFound:
         return f"the Docker image {image!r} is not on the engine"
-    finally:
-        client.close()
+    except Exception as exc:
+        return f"the Docker engine could not be asked for the image {image!r}: {exc}"
     return None
 
 
@@ -178,7 +181,7 @@ class ContainerRuntime:
             hijacked = await _off_loop(api.exec_start, created["Id"], socket=True)
         except Exception as exc:
             raise SpawnError(f"{argv[0]}: cannot run ({exc})", 126) from exc
-        process = ContainerExec(api, created["Id"], hijacked, stdout, stderr)
+        process = ContainerExec(api, self.container.id, created["Id"], hijacked, stdout, stderr)
         await process.open()
         return process
 
@@ -240,29 +243,26 @@ class _StdinWriter:
 class ContainerExec:
     """One ``docker exec`` process: Docker's multiplexed stream split into stdout and stderr."""
 
-    def __init__(self, api: Any, exec_id: str, hijacked: Any, stdout: bool, stderr: bool) -> None:
+    def __init__(self, api: Any, container_id: str, exec_id: str, hijacked: Any, stdout: bool, stderr: bool) -> None:
         from sandboxkit_docker.process import _raw_socket
 
         self._api = api
+        self._container_id = container_id
         self._exec_id = exec_id
         self._hijacked = hijacked  # keeps the SDK's response (and so the socket) alive
         self._sock = _raw_socket(hijacked)
         self.stdout: asyncio.StreamReader | None = asyncio.StreamReader() if stdout else None
         self.stderr: asyncio.StreamReader | None = asyncio.StreamReader() if stderr else None
         self.stdin: _StdinWriter | None = None
-        self.pid: int | None = None
         self._demux: asyncio.Task[None] | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._status: int | None = None
+        self._killing: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         reader, self._writer = await asyncio.open_connection(sock=self._sock)
         self.stdin = _StdinWriter(self._writer)
         self._demux = asyncio.ensure_future(self._split(reader))
-        try:
-            self.pid = (await _off_loop(self._api.exec_inspect, self._exec_id)).get("Pid") or None
-        except Exception:
-            self.pid = None
 
     async def _split(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -285,11 +285,13 @@ class ContainerExec:
         if self._status is None:
             assert self._demux is not None
             code = None
+            patience = 0.5
             while code is None:
-                # The end of the output usually means the exit; a child that keeps the output
-                # open does not hold the exit up for more than half a second.
+                # The end of the output usually means the exit. A child that keeps the output
+                # open does not hold the exit up for long: the engine is asked now and then.
                 if not self._demux.done():
-                    await asyncio.wait([self._demux], timeout=0.5)
+                    await asyncio.wait([self._demux], timeout=patience)
+                    patience = min(patience * 2, 5.0)
                 try:
                     state = await _off_loop(self._api.exec_inspect, self._exec_id)
                 except Exception:  # the container is gone: killed with it
@@ -307,20 +309,45 @@ class ContainerExec:
         return self._status
 
     def kill(self) -> None:
-        """SIGKILL the exec's process (by its host pid, which needs the rights to signal it).
-        Processes it started live on until the sandbox ends and its container is killed."""
-        if self._status is not None:
+        """SIGKILL the exec's process (the container and the exec's children live on); returns at
+        once, the kill happens on the event loop."""
+        if self._status is None and self._killing is None:
+            self._killing = asyncio.ensure_future(self._kill())
+
+    async def _kill(self) -> None:
+        try:
+            state = await _off_loop(self._api.exec_inspect, self._exec_id)
+        except Exception:
+            return  # the container is gone, and the process with it
+        host_pid = state.get("Pid")
+        if not state.get("Running") or not host_pid:
             return
-        if self.pid is None:  # Docker may not have known it yet when the exec started
-            try:
-                self.pid = self._api.exec_inspect(self._exec_id).get("Pid") or None
-            except Exception:
-                return
-        if self.pid is None:
+        # Docker knows the host pid; the kill is sent from inside the container, as the sandbox's
+        # user, which needs no rights on the host, after making sure the pid is this container's.
+        pid = _pid_in_container(host_pid, self._container_id)
+        if pid is None:
+            log.warning("exec %s: its process is not visible from this host; it ends with its sandbox", self._exec_id)
             return
         try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            log.warning("no permission to kill exec process %d; it ends with its sandbox", self.pid)
+            killer = await _off_loop(
+                self._api.exec_create, self._container_id, ["python3", "-c", f"import os; os.kill({pid}, 9)"]
+            )
+            await _off_loop(self._api.exec_start, killer["Id"])
+        except Exception as exc:
+            log.warning("exec %s could not be killed (%s); it ends with its sandbox", self._exec_id, exc)
+
+
+def _pid_in_container(host_pid: int, container_id: str) -> int | None:
+    """The pid, in its container's pid namespace, of host process ``host_pid`` if that process
+    belongs to container ``container_id`` (Linux ``/proc``); else None."""
+    try:
+        with open(f"/proc/{host_pid}/cgroup", encoding="utf-8") as f:
+            if container_id not in f.read():
+                return None
+        with open(f"/proc/{host_pid}/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        return None
+    return None
