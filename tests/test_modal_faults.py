@@ -6,6 +6,9 @@ timeout fires -- and checks that sandboxkit either recovers transparently or end
 with a clear ``CodeInterpreterError`` that says what happened. Every call that could hang runs
 under :func:`bounded`, so a hang fails the test instead of stalling the run, and every test checks
 (through the tags the sandbox carries) that no sandbox is left running afterwards.
+
+Every test runs twice: on an emulator whose sandboxes are local processes, and on one whose
+sandboxes are Docker containers (skipped without an engine, except in CI, where that fails).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ else:
 from sandboxkit_modal.emulator.testing import (  # noqa: E402,F401  (fixtures)
     forget_sdk_client,
     modal_emulator,
+    modal_emulator_isolated,
+    modal_emulator_isolated_server,
     modal_emulator_server,
 )
 
@@ -88,10 +93,24 @@ class Faulty:
             run(interp.shutdown)
 
 
-@pytest.fixture
-def faulty(modal_emulator: Any) -> Iterator[Faulty]:
-    """A :class:`Faulty` for one test; at its end every interpreter is shut down, and the test
-    fails if one of its sandboxes is still running."""
+SANDBOX_MODES = ["process", "container"]
+
+
+def need_containers(mode: str, available: bool, said: str = "") -> None:
+    """Skip (fail in CI) a container-mode test when the emulator cannot run containers here."""
+    if mode == "container" and not available:
+        message = f"the Modal emulator cannot run sandboxes in Docker containers here {said}".rstrip()
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+
+@pytest.fixture(params=SANDBOX_MODES)
+def faulty(request: pytest.FixtureRequest) -> Iterator[Faulty]:
+    """A :class:`Faulty` for one test, on an emulator in each sandbox mode; at its end every
+    interpreter is shut down, and the test fails if one of its sandboxes is still running."""
+    emulator = request.getfixturevalue("modal_emulator" if request.param == "process" else "modal_emulator_isolated")
+    need_containers(request.param, emulator.sandboxes == "container", f"(it said: {emulator.log().strip()})")
     faults = Faulty()
     try:
         yield faults
@@ -196,12 +215,18 @@ def drop_connections_to(port: int) -> int:
     return dropped
 
 
-@pytest.fixture
-def emulator_in_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+@pytest.fixture(params=SANDBOX_MODES)
+def emulator_in_thread(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """An emulator served from this process, so a test can count the RPCs it received."""
-    from sandboxkit_modal.emulator import EmulatorThread
+    from sandboxkit_modal.emulator import EmulatorConfig, EmulatorThread
 
-    with EmulatorThread() as emulator:
+    try:
+        config = EmulatorConfig(sandboxes=request.param)
+        thread = EmulatorThread(config)
+    except ValueError as exc:
+        need_containers(request.param, False, f"({exc})")
+        raise
+    with thread as emulator:
         for name, value in emulator.environment().items():
             monkeypatch.setenv(name, value)
         forget_sdk_client()

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 from sandboxkit.backend import SandboxProcess
 
 __all__ = ["ModalSandboxProcess"]
+
+#: How long to wait for Modal to report the end of a sandbox whose driver exec vanished (s).
+_SANDBOX_END_PATIENCE = 3.0
 
 
 class _ExecStdin:
@@ -148,11 +152,22 @@ class ModalSandboxProcess(SandboxProcess):
             except OSError:
                 pass
 
+    def _sandbox_code(self, patience: float) -> int | None:
+        """The sandbox's exit code, waiting up to ``patience`` s for Modal to report its end."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                code = self.sandbox.poll()
+            except Exception:
+                code = None
+            if code is not None or time.monotonic() >= deadline:
+                return code
+            time.sleep(0.05)
+
     def describe_exit(self, code: int | None) -> str:
-        try:
-            sandbox_code = self.sandbox.poll()
-        except Exception:
-            sandbox_code = None
+        # An exec that ended without an exit code went down with its sandbox, whose end Modal may
+        # report a moment later than the end of the exec's output.
+        sandbox_code = self._sandbox_code(_SANDBOX_END_PATIENCE if code is None and not self._terminated else 0)
         if sandbox_code is not None and not self._terminated:
             if sandbox_code == 124:
                 return "the Modal sandbox reached its 'sandbox_timeout' option and was stopped (exit code 124)"

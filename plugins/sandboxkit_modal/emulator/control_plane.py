@@ -213,10 +213,13 @@ class ControlPlane(ModalClientBase):
         request = await stream.recv_message()
         version = request.builder_version or self.state.config.image_builder_version
         image_id = self.state.image(request.image, version)
+        runs_on = (f"the Docker image {self.state.docker_image}" if self.state.sandbox_mode == "container"
+                   else "the host's Python")
         log.info(
-            "image %s recorded, not built (%d Dockerfile commands ignored; processes run on the host's Python)",
+            "image %s recorded, not built (%d Dockerfile commands ignored; processes run on %s)",
             image_id,
             len(request.image.dockerfile_commands),
+            runs_on,
         )
         await stream.send_message(
             api_pb2.ImageGetOrCreateResponse(

@@ -150,10 +150,15 @@ class ContainerRuntime:
     def __init__(self, client: Any, image: str, sandbox_id: str, definition: api_pb2.Sandbox,
                  env: Mapping[str, str]) -> None:
         self._client = client
+        #: The engine's low-level API (for execs).
+        self.api = client.api
         self._sandbox_id = sandbox_id
         self._env = dict(env)
         self.options = container_options(image, definition)
         self.container: Any = None
+        #: Set once the container has been told to die: its execs are dead with it (Docker may
+        #: go on reporting them as running).
+        self.killed = False
 
     async def start(self) -> None:
         from sandboxkit_docker import create_container
@@ -172,7 +177,7 @@ class ContainerRuntime:
     ) -> ContainerExec:
         if not argv:
             raise SpawnError("no command given", 127)
-        api = self._client.api
+        api = self.api
         try:
             created = await _off_loop(
                 api.exec_create, self.container.id, list(argv), stdin=True, stdout=stdout, stderr=stderr,
@@ -181,11 +186,12 @@ class ContainerRuntime:
             hijacked = await _off_loop(api.exec_start, created["Id"], socket=True)
         except Exception as exc:
             raise SpawnError(f"{argv[0]}: cannot run ({exc})", 126) from exc
-        process = ContainerExec(api, self.container.id, created["Id"], hijacked, stdout, stderr)
+        process = ContainerExec(self, created["Id"], hijacked, stdout, stderr)
         await process.open()
         return process
 
     async def kill_all(self) -> None:
+        self.killed = True
         if self.container is not None:
             try:
                 await _off_loop(self.container.kill)
@@ -243,11 +249,12 @@ class _StdinWriter:
 class ContainerExec:
     """One ``docker exec`` process: Docker's multiplexed stream split into stdout and stderr."""
 
-    def __init__(self, api: Any, container_id: str, exec_id: str, hijacked: Any, stdout: bool, stderr: bool) -> None:
+    def __init__(self, runtime: ContainerRuntime, exec_id: str, hijacked: Any, stdout: bool, stderr: bool) -> None:
         from sandboxkit_docker.process import _raw_socket
 
-        self._api = api
-        self._container_id = container_id
+        self._runtime = runtime
+        self._api = runtime.api
+        self._container_id = runtime.container.id
         self._exec_id = exec_id
         self._hijacked = hijacked  # keeps the SDK's response (and so the socket) alive
         self._sock = _raw_socket(hijacked)
@@ -286,19 +293,28 @@ class ContainerExec:
             assert self._demux is not None
             code = None
             patience = 0.5
+            checks_after_output = 0
             while code is None:
                 # The end of the output usually means the exit. A child that keeps the output
                 # open does not hold the exit up for long: the engine is asked now and then.
                 if not self._demux.done():
                     await asyncio.wait([self._demux], timeout=patience)
                     patience = min(patience * 2, 5.0)
+                if self._runtime.killed and self._demux.done():
+                    code = 128 + signal.SIGKILL  # Docker may still say "running"
+                    break
                 try:
                     state = await _off_loop(self._api.exec_inspect, self._exec_id)
+                    if not state.get("Running"):
+                        code = state.get("ExitCode")
+                        break
+                    if self._demux.done():
+                        checks_after_output += 1
+                        if checks_after_output % 20 == 0 and not await self._container_running():
+                            code = 128 + signal.SIGKILL  # the container died (e.g. killed from outside)
+                            break
                 except Exception:  # the container is gone: killed with it
                     code = 128 + signal.SIGKILL
-                    break
-                if not state.get("Running"):
-                    code = state.get("ExitCode")
                     break
                 if self._demux.done():
                     await asyncio.sleep(0.01)
@@ -307,6 +323,10 @@ class ContainerExec:
             if self._writer is not None:
                 self._writer.close()
         return self._status
+
+    async def _container_running(self) -> bool:
+        state = await _off_loop(self._api.inspect_container, self._container_id)
+        return bool(state.get("State", {}).get("Running"))
 
     def kill(self) -> None:
         """SIGKILL the exec's process (the container and the exec's children live on); returns at
