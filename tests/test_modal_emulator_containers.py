@@ -274,3 +274,36 @@ def test_containers_of_a_killed_emulator_are_removed_by_gc() -> None:
         running.stop()
         for container in containers_of(sandbox_id) if sandbox_id else []:
             container.remove(force=True)
+
+
+def test_an_emulator_whose_starter_dies_stops_and_removes_its_containers(tmp_path: Any) -> None:
+    docker_required()
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the emulator follows its starter's death on Linux only")
+    starter = textwrap.dedent("""
+        import os, sys, modal
+        from sandboxkit_modal.emulator.testing import forget_sdk_client, start_emulator
+        running = start_emulator("--sandboxes", "container")
+        os.environ.update(running.env)
+        forget_sdk_client()
+        app = modal.App.lookup("containers-orphan", create_if_missing=True)
+        print(running.process.pid, modal.Sandbox.create(app=app).object_id, flush=True)
+        os._exit(1)  # a crash: nothing is stopped or terminated
+    """)
+    done = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=120)
+    emulator_pid, sandbox_id = done.stdout.split()
+    assert wait_until_gone(int(emulator_pid)), "the emulator outlived the process that started it"
+    assert containers_of(sandbox_id) == []
+
+
+def wait_until_gone(pid: int, limit: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False

@@ -1,7 +1,8 @@
 """Start the emulator for tests: a helper that runs the command, and pytest fixtures.
 
 :func:`start_emulator` runs ``python -m sandboxkit_modal.emulator`` (what the
-``sandboxkit-modal-emulator`` command runs) on a free port and reads the environment it prints.
+``sandboxkit-modal-emulator`` command runs) on a free port and reads the environment it prints;
+on Linux the emulator stops (removing its sandboxes) if the process that started it dies.
 The fixtures:
 
 ``modal_emulator_server`` (session)
@@ -115,7 +116,8 @@ def start_emulator(
     command: Sequence[str] = [python, "-m", "sandboxkit_modal.emulator", "--record-dir", record_dir, *args]
     with stderr:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, env=child_env, text=True
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, env=child_env, text=True,
+            preexec_fn=_stop_with_parent if sys.platform.startswith("linux") else None,
         )
     lines: "queue.Queue[str | None]" = queue.Queue()
 
@@ -148,6 +150,18 @@ def start_emulator(
             log = f.read()
         shutil.rmtree(workdir, ignore_errors=True)
         raise RuntimeError(f"the Modal emulator did not start ({exc!r}); it said:\n{log}") from None
+
+
+def _stop_with_parent() -> None:
+    """In the emulator's process before it runs: get SIGTERM (a clean stop, which removes its
+    sandboxes) when the process that started it dies, so a crashed test run leaves none behind."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def _wait_for_banner(workdir: str, process: subprocess.Popen[str], timeout: float) -> None:
