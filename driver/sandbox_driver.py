@@ -184,13 +184,15 @@ class OutputCapture(object):
     """Points fds 1 and 2 at an unlinked append-only file and returns what each execute wrote.
 
     Collecting needs no thread hand-off: the main thread reads the file's head and size and
-    empties it. A watchdog thread empties a file that grows far past ``limit`` during an
-    execute (keeping the head and counting the rest), so a flood of output costs disk only
-    briefly and memory never.
+    empties it. A watchdog thread empties a file that grows far past ``limit`` (keeping
+    the head and counting the rest), so a flood of output costs disk only briefly and memory
+    never. It looks every 10 ms during an execute or while the file grows, and backs off to
+    every 0.5 s in an idle sandbox.
     """
 
     FLOOD_SLACK = 4 << 20
     WATCH_INTERVAL = 0.01
+    IDLE_WATCH_INTERVAL = 0.5
 
     def __init__(self):
         import tempfile
@@ -210,6 +212,7 @@ class OutputCapture(object):
         self.limit = 1000000
         self.head = None
         self.dropped = 0
+        self.active = False  # an execute is running
         for name, number in (("stdout", 1), ("stderr", 2)):
             stream = os.fdopen(number, "w", encoding="utf-8", errors="backslashreplace",
                                buffering=1, closefd=False)
@@ -232,19 +235,28 @@ class OutputCapture(object):
         os.ftruncate(self.fd, 0)
 
     def _watch(self):
+        interval = self.WATCH_INTERVAL
+        last_size = 0
         while True:
-            time.sleep(self.WATCH_INTERVAL)
+            time.sleep(interval)
             try:
-                if os.fstat(self.fd).st_size > self.limit + self.FLOOD_SLACK:
+                size = os.fstat(self.fd).st_size
+                if size > self.limit + self.FLOOD_SLACK:
                     with self.lock:
                         self._harvest()
             except OSError:
                 return
+            if self.active or size != last_size:
+                interval = self.WATCH_INTERVAL
+            else:
+                interval = min(interval * 2, self.IDLE_WATCH_INTERVAL)
+            last_size = size
 
     def begin(self, limit):
         """Start a new execute's capture (output written since the last one counts toward it)."""
         with self.lock:
             self.limit = limit
+        self.active = True
 
     def collect(self):
         """Flush Python's streams; return (everything written since ``begin``, bytes dropped)."""
@@ -257,6 +269,7 @@ class OutputCapture(object):
             self._harvest()
             head, dropped = self.head, self.dropped
             self.head, self.dropped = None, 0
+        self.active = False
         return head.decode("utf-8", "replace"), dropped
 
 

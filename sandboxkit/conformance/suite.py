@@ -32,6 +32,7 @@ import dataclasses
 import sys
 import textwrap
 import threading
+import time
 from typing import Any, Callable, ClassVar, Mapping
 
 import pytest
@@ -471,6 +472,33 @@ class OutputLimitSuite(SuiteBase):
             grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
             per_mib = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss units
             assert grown / per_mib < 150, f"the host grew by {grown / per_mib:.0f} MiB for 200 MiB of output"
+        assert_clean(interp)
+
+    def test_output_flood_between_executes_stays_bounded(self, make_interpreter: Callable[..., Any]) -> None:
+        limit = 100_000
+        interp = make_interpreter(output_limit=limit)
+        interp.execute(code("""
+            import os, threading, time
+            def flood():
+                time.sleep(0.2)  # after this execute has returned: the sandbox is idle
+                chunk = b"f" * (1 << 20)
+                for _ in range(50):
+                    os.write(1, chunk)
+            flooder = threading.Thread(target=flood)
+            flooder.start()
+        """))
+        time.sleep(1.5)  # the flood happens while no execute runs
+        result = interp.execute(code("""
+            flooder.join()
+            pending = os.fstat(1).st_size  # what the sandbox still holds of the flood
+            print('next')
+        """))
+        # Output between executes counts toward the next one, within its limit.
+        assert isinstance(result, str) and result.startswith("f" * 1000)
+        assert "truncated" in result.lower() and len(result) <= limit + 1024
+        # The 50 MiB did not pile up in the sandbox while it was idle (the driver keeps a few MiB).
+        assert interp.execute("pending") < 16 << 20
+        assert interp.execute("print('clean')") == "clean\n"
         assert_clean(interp)
 
 
