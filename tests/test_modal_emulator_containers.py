@@ -307,3 +307,34 @@ def wait_until_gone(pid: int, limit: float = 30.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_a_create_cancelled_midway_leaves_no_container() -> None:
+    import asyncio
+
+    import docker
+    from modal_proto import api_pb2
+
+    from sandboxkit_docker import DockerOptions
+    from sandboxkit_modal.emulator.runtimes import ContainerRuntime
+
+    docker_required()
+    sandbox_id = f"sb-cancel-{uuid.uuid4().hex[:12]}"
+    client = docker.from_env(timeout=60)
+
+    async def cancel_then_stop() -> None:
+        runtime = ContainerRuntime(client, DockerOptions().image, sandbox_id, api_pb2.Sandbox(), {})
+        starting = asyncio.ensure_future(runtime.start())
+        await asyncio.sleep(0.005)  # the create is under way on a worker thread
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        await runtime.stop()
+
+    try:
+        asyncio.run(cancel_then_stop())
+        assert containers_of(sandbox_id) == []
+    finally:
+        for container in containers_of(sandbox_id):
+            container.remove(force=True)
+        client.close()

@@ -156,6 +156,7 @@ class ContainerRuntime:
         self._env = dict(env)
         self.options = container_options(image, definition)
         self.container: Any = None
+        self._creating: asyncio.Future[Any] | None = None
         #: Set once the container has been told to die: its execs are dead with it (Docker may
         #: go on reporting them as running).
         self.killed = False
@@ -163,11 +164,14 @@ class ContainerRuntime:
     async def start(self) -> None:
         from sandboxkit_docker import create_container
 
+        # The create runs on a worker thread, which a cancelled request cannot stop: keep its
+        # future, so that stop() can still find (and remove) a container made after all.
+        self._creating = asyncio.ensure_future(_off_loop(
+            create_container, self._client, self.options, KEEPER, self._env, stdin_once=False,
+            labels={SANDBOX_LABEL: self._sandbox_id},
+        ))
         try:
-            self.container = await _off_loop(
-                create_container, self._client, self.options, KEEPER, self._env, stdin_once=False,
-                labels={SANDBOX_LABEL: self._sandbox_id},
-            )
+            self.container = await asyncio.shield(self._creating)
             await _off_loop(self.container.start)
         except Exception as exc:
             raise GRPCError(Status.INTERNAL, f"the emulator could not start a container for the sandbox: {exc}") from exc
@@ -199,6 +203,11 @@ class ContainerRuntime:
                 pass  # not running any more
 
     async def stop(self) -> None:
+        if self.container is None and self._creating is not None:
+            try:
+                self.container = await self._creating
+            except Exception:
+                pass  # nothing was made
         if self.container is not None:
             try:
                 await _off_loop(self.container.remove, force=True)
