@@ -94,7 +94,7 @@ def owned_containers(client: Any, pid: int | None = None, **labels: str) -> list
     """sandboxkit containers (running or not) owned by process ``pid`` (default: this one),
     narrowed by extra ``labels``."""
     wanted = {ownership.MARKER: "true", ownership.PID: str(pid or os.getpid()), **labels}
-    return client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in wanted.items()]})
+    return client.containers.list(all=True, ignore_removed=True, filters={"label": [f"{k}={v}" for k, v in wanted.items()]})
 
 
 def tagged_interpreter(**options: Any) -> tuple[Any, str]:

@@ -203,7 +203,7 @@ def test_gc_removes_orphan_of_killed_host_and_spares_live_owner(docker_client):
             _remove(docker_client, orphan_id)
         here = ownership.owner_labels()[ownership.HOST]
         for pid in pids:  # whatever the killed child left, should the test have stopped early
-            for container in docker_client.containers.list(all=True, filters={"label": f"{ownership.PID}={pid}"}):
+            for container in docker_client.containers.list(all=True, ignore_removed=True, filters={"label": f"{ownership.PID}={pid}"}):
                 if container.labels.get(ownership.HOST) == here:
                     container.remove(force=True)
 

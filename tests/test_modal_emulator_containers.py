@@ -46,7 +46,7 @@ def run(fn: Any, limit: float = 60.0) -> Any:
 
 def containers_of(sandbox_id: str) -> list[Any]:
     client = docker_required()
-    return client.containers.list(all=True, filters={"label": f"{SANDBOX_LABEL}={sandbox_id}"})
+    return client.containers.list(all=True, ignore_removed=True, filters={"label": f"{SANDBOX_LABEL}={sandbox_id}"})
 
 
 @pytest.fixture

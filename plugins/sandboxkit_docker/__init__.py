@@ -361,7 +361,7 @@ def sandboxkit_gc(dry_run):  # type: ignore[no-untyped-def]
         return [*stale_dirs, f"skipped: {availability.reason}"]
     client = _client()
     removed = []
-    for container in client.containers.list(all=True, filters={"label": f"{ownership.MARKER}=true"}):
+    for container in client.containers.list(all=True, ignore_removed=True, filters={"label": f"{ownership.MARKER}=true"}):
         labels = container.labels or {}
         if not ownership.owner_is_gone(labels):
             continue

@@ -264,7 +264,8 @@ class Sandbox:
         """End the sandbox (once): fix its result, kill its processes, stop its runtime.
 
         The result is fixed at once, so new execs are refused; :attr:`finished` is set when every
-        process is gone. Returns the task doing the work; await it to wait for the end.
+        process is gone and the runtime is stopped (its directory or container removed). Returns
+        the task doing the work; await it to wait for the end.
         """
         if self._finishing is None:
             if not message:
@@ -283,8 +284,8 @@ class Sandbox:
             process.kill()
         await self.runtime.kill_all()
         await asyncio.gather(*(process.settle() for process in everything))
+        await self.runtime.stop()  # before it counts as finished: a finished sandbox leaves nothing
         self.finished.set()
-        await self.runtime.stop()
         log.info("sandbox %s finished: %s", self.id, self.result.exception if self.result else "")
 
     async def wait(self, timeout: float | None) -> api_pb2.GenericResult | None:
