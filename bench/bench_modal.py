@@ -372,24 +372,17 @@ class Emulator:
     """The local Modal emulator, with its environment exported into this process while open."""
 
     def __enter__(self) -> Any:
-        from sandboxkit_modal.emulator.testing import forget_sdk_client, start_emulator
+        from sandboxkit_modal.emulator.testing import sdk_pointed_at, start_emulator
 
-        self._forget = forget_sdk_client
         self.running = start_emulator("--sandboxes", "process")
-        self._saved = {name: os.environ.get(name) for name in self.running.env}
-        os.environ.update(self.running.env)
-        forget_sdk_client()
+        self._pointed = sdk_pointed_at(self.running.env)
+        self._pointed.__enter__()
         return self.running
 
     def __exit__(self, *exc: Any) -> None:
         try:
-            self._forget()
+            self._pointed.__exit__(*exc)
         finally:
-            for name, value in self._saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
             self.running.stop()
 
 

@@ -17,7 +17,6 @@ import sys
 import textwrap
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -35,9 +34,9 @@ from modal.exception import AuthError, NotFoundError, SandboxTimeoutError, Unimp
 from sandboxkit_modal.emulator.runtimes import DEFAULT_PATH  # noqa: E402
 from sandboxkit_modal.emulator.testing import (  # noqa: E402,F401  (fixtures)
     RunningEmulator,
-    forget_sdk_client,
     modal_emulator,
     modal_emulator_server,
+    sdk_pointed_at,
     start_emulator,
 )
 
@@ -140,16 +139,12 @@ def test_command_prints_the_sdk_environment_then_an_empty_line() -> None:
         assert not os.path.exists(emulator.env["MODAL_CONFIG_PATH"])
         assert "127.0.0.1" in emulator.env["NO_PROXY"].split(",")
         # The environment it printed is all the SDK needs; the secret given on the command line exists.
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in emulator.env.items():
-                patch.setenv(name, value)
-            forget_sdk_client()
+        with sdk_pointed_at(emulator.env):
             app = run(lambda: modal.App.lookup("emulator-test-command", create_if_missing=True))
             sandbox = run(lambda: modal.Sandbox.create(app=app, secrets=[modal.Secret.from_name("cli-secret")]))
             assert run(lambda: sandbox.exec("printenv", "KEY").stdout.read()) == "value\n"
             run(sandbox.terminate)
     finally:
-        forget_sdk_client()
         assert emulator.stop() == 0
 
 
@@ -430,19 +425,13 @@ def test_concurrent_sandboxes_keep_their_processes_apart(sandboxes: Sandboxes) -
 # -- reads that resume ---------------------------------------------------------------------------
 
 
-def test_reads_resume_at_their_offset_after_the_sdk_releases_an_idle_connection(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_reads_resume_at_their_offset_after_the_sdk_releases_an_idle_connection() -> None:
     from sandboxkit_modal.emulator import EmulatorThread
 
     with EmulatorThread() as emulator:
-        for name, value in emulator.environment().items():
-            monkeypatch.setenv(name, value)
         # The SDK releases an idle router connection after this many seconds (30 by default), and
         # reopens the read stream at the offset it had reached.
-        monkeypatch.setenv("MODAL_SANDBOX_CHANNEL_IDLE_TIMEOUT", "0.1")
-        forget_sdk_client()
-        try:
+        with sdk_pointed_at({**emulator.environment(), "MODAL_SANDBOX_CHANNEL_IDLE_TIMEOUT": "0.1"}):
             app = run(lambda: modal.App.lookup("emulator-test-resume", create_if_missing=True))
             sandbox = run(lambda: modal.Sandbox.create(app=app))
             code = "import sys, time\nfor i in range(5):\n    sys.stdout.write(f'line {i}\\n'); sys.stdout.flush()"
@@ -455,18 +444,13 @@ def test_reads_resume_at_their_offset_after_the_sdk_releases_an_idle_connection(
             assert run(process.wait) == 0
             run(sandbox.terminate)
             assert emulator.server.calls["TaskCommandRouter/TaskExecStdioRead"] > 1
-        finally:
-            forget_sdk_client()
 
 
-def test_the_sdk_replaces_expired_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_sdk_replaces_expired_tokens() -> None:
     from sandboxkit_modal.emulator import EmulatorConfig, EmulatorThread
 
     with EmulatorThread(EmulatorConfig(token_ttl=1.5)) as emulator:
-        for name, value in emulator.environment().items():
-            monkeypatch.setenv(name, value)
-        forget_sdk_client()
-        try:
+        with sdk_pointed_at(emulator.environment()):
             app = run(lambda: modal.App.lookup("emulator-test-tokens", create_if_missing=True))
             sandbox = run(lambda: modal.Sandbox.create(app=app))
             process = run(lambda: sandbox.exec("python3", "-u", "-c", UPPER_ECHO, bufsize=1))
@@ -481,8 +465,6 @@ def test_the_sdk_replaces_expired_tokens(monkeypatch: pytest.MonkeyPatch) -> Non
             run(sandbox.terminate)
             # The router refused the stale token, and the SDK fetched a new one.
             assert emulator.server.calls["ModalClient/SandboxGetCommandRouterAccess"] >= 1
-        finally:
-            forget_sdk_client()
 
 
 # -- the V1 sandbox API --------------------------------------------------------------------------

@@ -9,7 +9,6 @@ test image (scripts/docker-engine.sh): without one these tests skip with the rea
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -33,9 +32,9 @@ from sandboxkit import plugins  # noqa: E402
 from sandboxkit_modal.emulator.runtimes import SANDBOX_LABEL  # noqa: E402
 from sandboxkit_modal.emulator.testing import (  # noqa: E402,F401  (fixtures)
     RunningEmulator,
-    forget_sdk_client,
     modal_emulator_isolated,
     modal_emulator_isolated_server,
+    sdk_pointed_at,
     start_emulator,
 )
 
@@ -78,23 +77,6 @@ def create(emulator: RunningEmulator) -> Iterator[Any]:
         finish(sandbox)
     left = [c.name for sandbox in made for c in containers_of(sandbox.object_id)]
     assert left == [], f"containers left behind: {left}"
-
-
-@contextlib.contextmanager
-def pointed_at(running: RunningEmulator) -> Iterator[None]:
-    """The ``modal`` SDK in this process talks to ``running`` inside the block."""
-    saved = {name: os.environ.get(name) for name in running.env}
-    os.environ.update(running.env)
-    forget_sdk_client()
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        forget_sdk_client()
 
 
 def finish(sandbox: Any) -> None:
@@ -162,7 +144,7 @@ def test_code_runs_on_the_image_python_without_host_files_or_environment(tmp_pat
     # The emulator's own environment holds a host secret; the sandbox must not see it.
     running = start_emulator("--sandboxes", "container", env={**os.environ, "SANDBOXKIT_TEST_HOST_ONLY": "secret"})
     try:
-        with pointed_at(running):
+        with sdk_pointed_at(running.env):
             app = run(lambda: modal.App.lookup("containers-env", create_if_missing=True))
             sandbox = run(lambda: modal.Sandbox.create(app=app, env={"SANDBOX_VAR": "sb"}))
             try:
@@ -260,7 +242,7 @@ def test_containers_of_a_killed_emulator_are_removed_by_gc() -> None:
     running = start_emulator("--sandboxes", "container")
     sandbox_id = None
     try:
-        with pointed_at(running):
+        with sdk_pointed_at(running.env):
             app = run(lambda: modal.App.lookup("containers-gc", create_if_missing=True))
             sandbox_id = run(lambda: modal.Sandbox.create(app=app)).object_id
         assert len(containers_of(sandbox_id)) == 1

@@ -32,11 +32,11 @@ else:
     modal = pytest.importorskip("modal", reason="the modal extra (modal SDK) is not installed")
 
 from sandboxkit_modal.emulator.testing import (  # noqa: E402,F401  (fixtures)
-    forget_sdk_client,
     modal_emulator,
     modal_emulator_isolated,
     modal_emulator_isolated_server,
     modal_emulator_server,
+    sdk_pointed_at,
 )
 
 #: Longest a step that must not hang may take (s).
@@ -216,7 +216,7 @@ def drop_connections_to(port: int) -> int:
 
 
 @pytest.fixture(params=SANDBOX_MODES)
-def emulator_in_thread(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def emulator_in_thread(request: pytest.FixtureRequest) -> Iterator[Any]:
     """An emulator served from this process, so a test can count the RPCs it received."""
     from sandboxkit_modal.emulator import EmulatorConfig, EmulatorThread
 
@@ -226,14 +226,8 @@ def emulator_in_thread(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
     except ValueError as exc:
         need_containers(request.param, False, f"({exc})")
         raise
-    with thread as emulator:
-        for name, value in emulator.environment().items():
-            monkeypatch.setenv(name, value)
-        forget_sdk_client()
-        try:
-            yield emulator
-        finally:
-            forget_sdk_client()
+    with thread as emulator, sdk_pointed_at(emulator.environment()):
+        yield emulator
 
 
 def test_dropped_connections_mid_execute_are_recovered_transparently(emulator_in_thread: Any) -> None:

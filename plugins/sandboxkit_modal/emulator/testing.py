@@ -24,6 +24,7 @@ standard library and pytest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -46,6 +47,7 @@ __all__ = [
     "modal_emulator_isolated",
     "modal_emulator_isolated_server",
     "modal_emulator_server",
+    "sdk_pointed_at",
     "start_emulator",
 ]
 
@@ -204,25 +206,33 @@ def modal_emulator_isolated_server() -> Iterator[RunningEmulator]:
         emulator.stop()
 
 
-def _pointed_at(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
-    for name, value in emulator.env.items():
-        monkeypatch.setenv(name, value)
+@contextlib.contextmanager
+def sdk_pointed_at(env: Mapping[str, str]) -> Iterator[None]:
+    """Inside the block, the ``modal`` SDK in this process talks to the emulator whose
+    environment is ``env`` (its printed variables); afterwards the environment is as it was."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     forget_sdk_client()
     try:
-        yield emulator
+        yield
     finally:
         forget_sdk_client()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture
-def modal_emulator(modal_emulator_server: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
+def modal_emulator(modal_emulator_server: RunningEmulator) -> Iterator[RunningEmulator]:
     """The session's Modal emulator, with the ``modal`` SDK in this process pointed at it for one test."""
-    yield from _pointed_at(modal_emulator_server, monkeypatch)
+    with sdk_pointed_at(modal_emulator_server.env):
+        yield modal_emulator_server
 
 
 @pytest.fixture
-def modal_emulator_isolated(
-    modal_emulator_isolated_server: RunningEmulator, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[RunningEmulator]:
+def modal_emulator_isolated(modal_emulator_isolated_server: RunningEmulator) -> Iterator[RunningEmulator]:
     """The session's container-mode emulator, with the ``modal`` SDK pointed at it for one test."""
-    yield from _pointed_at(modal_emulator_isolated_server, monkeypatch)
+    with sdk_pointed_at(modal_emulator_isolated_server.env):
+        yield modal_emulator_isolated_server
