@@ -117,6 +117,16 @@ def test_attach_channel_mounts_nothing(started):
     assert interp.execute(_TOOL_ROUND_TRIP) == 2450
 
 
+_SPIN_SETTING = ("open('/proc/self/environ', 'rb').read().split(b'\\0').count("
+                 "b'SANDBOXKIT_SPIN_SECONDS=0') == 1")
+
+
+def test_the_driver_polls_over_the_socket_but_not_over_attach(started, local_engine):
+    # The driver's process started with the setting that turns its polling off, or without it.
+    assert started(channel="attach").execute(_SPIN_SETTING) is True
+    assert started().execute(_SPIN_SETTING) is False
+
+
 def test_auto_uses_attach_when_the_engine_is_not_on_this_machine(started, monkeypatch):
     monkeypatch.setattr(sandboxkit_docker, "_engine_is_local", lambda client, docker_host: False)
     interp = started()

@@ -243,13 +243,6 @@ class DockerBackend(Backend):
     def availability(self) -> Availability:
         return _engine_availability(self.options)
 
-    @property  # type: ignore[override]
-    def poll_before_sleep(self) -> bool:
-        # Over the attach relay the engine's processes need the CPU more than a wake-up is worth
-        # saving; over the socket channel the ends talk directly. (A sandbox that falls back from
-        # the socket to attach turns its own polling off.)
-        return self.options.channel != "attach"
-
     def _create_container(
         self, client: Any, argv: Sequence[str], env: Mapping[str, str], listener: ChannelListener | None
     ) -> Any:
@@ -257,7 +250,10 @@ class DockerBackend(Backend):
         the host's attach connection goes, even if the host process is killed."""
         command = ["python3", *argv[1:]]
         binds: list[str] = []
-        if listener is None:  # over the attach relay the driver must not poll (see poll_before_sleep)
+        if listener is None:
+            # Over the attach relay the engine's processes need the CPU more than the driver's
+            # polling before it sleeps saves (Backend.poll_before_sleep, decided here per
+            # container; a sandbox that falls back from the socket turns it off itself).
             env = {**env, "SANDBOXKIT_SPIN_SECONDS": "0"}
         else:
             binds.append(f"{listener.host_dir}:{channel.CONTAINER_DIR}:ro")

@@ -3,8 +3,9 @@
 The driver is the container's main process (under Docker's init). Its standard streams travel
 over one attach connection, multiplexed in Docker's frame format (an 8-byte header: stream id,
 three zero bytes, big-endian length). The core reads that connection itself and passes each
-chunk through :meth:`ContainerProcess.split_output`, which returns the stdout payload and sends
-the stderr payload down a local pipe: no extra thread between the container and the reader.
+chunk through ``split_output`` (:meth:`ContainerProcess._demultiplex`), which returns the
+stdout payload and sends the stderr payload down a local pipe: no extra thread between the
+container and the reader.
 
 With the socket channel (see :mod:`sandboxkit_docker.channel`), stdin and stdout are the
 channel's connection instead, and a thread pumps the attach stream, now carrying stderr alone,
@@ -87,14 +88,13 @@ class ContainerProcess(SandboxProcess):
     def __init__(self, container: Any, attached: Any, memory: str) -> None:
         self.container = container
         self._memory = memory
-        self._sock = _raw_socket(attached)
         #: The attach connection (stdin, stdout and stderr, multiplexed).
-        self.attach_socket = self._sock
+        self.attach_socket = _raw_socket(attached)
         self._attached = attached
         err_r, self._err_w = os.pipe()
         os.set_blocking(self._err_w, False)
-        self.stdin = _SocketWriter(self._sock)  # type: ignore[assignment]
-        self.stdout = _SocketReader(self._sock)  # type: ignore[assignment]
+        self.stdin = _SocketWriter(self.attach_socket)  # type: ignore[assignment]
+        self.stdout = _SocketReader(self.attach_socket)  # type: ignore[assignment]
         self.stderr = os.fdopen(err_r, "rb")
         self._frames = bytearray()
         self._exit_code: int | None = None
@@ -103,6 +103,7 @@ class ContainerProcess(SandboxProcess):
         self._lock = threading.Lock()
         self._stderr_lock = threading.Lock()
         self._channel: socket.socket | None = None
+        self.split_output = self._demultiplex  # type: ignore[assignment]
 
     @property
     def channel(self) -> str:
@@ -112,7 +113,7 @@ class ContainerProcess(SandboxProcess):
     def use_channel(self, connection: socket.socket) -> None:
         """Carry stdin and stdout over the driver's socket-channel ``connection`` from now on."""
         self._channel = connection
-        self._sock.settimeout(None)  # the stderr pump may wait for a long time
+        self.attach_socket.settimeout(None)  # the stderr pump may wait for a long time
         self.stdin = _SocketWriter(connection)  # type: ignore[assignment]
         self.stdout = _SocketReader(connection)  # type: ignore[assignment]
         self.split_output = None  # type: ignore[assignment]
@@ -121,15 +122,16 @@ class ContainerProcess(SandboxProcess):
     def _pump_stderr(self) -> None:
         while True:
             try:
-                chunk = self._sock.recv(1 << 16)
+                chunk = self.attach_socket.recv(1 << 16)
             except OSError:
                 chunk = b""
-            ContainerProcess.split_output(self, chunk)
+            self._demultiplex(chunk)
             if not chunk:
                 return
 
-    def split_output(self, chunk: bytes) -> bytes:
-        """Demultiplex one chunk of the attach stream: return stdout, forward stderr."""
+    def _demultiplex(self, chunk: bytes) -> bytes:
+        """Demultiplex one chunk of the attach stream: return stdout, forward stderr. Given to
+        the core as ``split_output`` while stdout travels over the attach stream."""
         if not chunk:
             self._close_stderr()
             return b""
@@ -208,7 +210,7 @@ class ContainerProcess(SandboxProcess):
         except Exception:
             pass  # already gone (removed from outside); nothing left to leak
         self.stdin.close()
-        for sock in (self._sock, self._channel):
+        for sock in (self.attach_socket, self._channel):
             if sock is not None:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it
