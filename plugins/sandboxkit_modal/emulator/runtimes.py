@@ -221,7 +221,7 @@ def container_options(image: str, definition: api_pb2.Sandbox) -> Any:
     network and resources the sandbox asked for."""
     from sandboxkit_docker import DockerOptions
 
-    options = DockerOptions(image=image, channel="attach")
+    options = DockerOptions(image=image)
     kind = definition.network_access.network_access_type
     if not (definition.block_network or kind in (NetworkAccessType.BLOCKED, NetworkAccessType.ALLOWLIST)):
         options = dataclasses.replace(options, network="bridge")
@@ -300,42 +300,42 @@ class ContainerExec:
         """The exit status once the process has exited (128+N from Docker becomes ``-N``)."""
         if self._status is None:
             assert self._demux is not None
-            code = None
             patience = 0.5
-            checks_after_output = 0
-            while code is None:
+            while True:
                 # The end of the output usually means the exit. A child that keeps the output
                 # open does not hold the exit up for long: the engine is asked now and then.
                 if not self._demux.done():
                     await asyncio.wait([self._demux], timeout=patience)
                     patience = min(patience * 2, 5.0)
-                if self._runtime.killed and self._demux.done():
-                    code = 128 + signal.SIGKILL  # Docker may still say "running"
-                    break
-                try:
-                    state = await _off_loop(self._api.exec_inspect, self._exec_id)
-                    if not state.get("Running"):
-                        code = state.get("ExitCode")
-                        break
-                    if self._demux.done():
-                        checks_after_output += 1
-                        if checks_after_output % 20 == 0 and not await self._container_running():
-                            code = 128 + signal.SIGKILL  # the container died (e.g. killed from outside)
-                            break
-                except Exception:  # the container is gone: killed with it
-                    code = 128 + signal.SIGKILL
+                code = await self._exit_code()
+                if code is not None:
                     break
                 if self._demux.done():
                     await asyncio.sleep(0.01)
-            code = 128 + signal.SIGKILL if code is None else code
             self._status = -(code - 128) if code > 128 else code
             if self._writer is not None:
                 self._writer.close()
         return self._status
 
-    async def _container_running(self) -> bool:
-        state = await _off_loop(self._api.inspect_container, self._container_id)
-        return bool(state.get("State", {}).get("Running"))
+    async def _exit_code(self) -> int | None:
+        """The exec's exit code as Docker reports it, 137 (SIGKILL) if its container is dead or
+        gone, or None while it runs. Docker may go on calling an exec of a dead container running."""
+        killed = 128 + signal.SIGKILL
+        output_ended = self._demux is not None and self._demux.done()
+        if self._runtime.killed and output_ended:
+            return killed
+        try:
+            state = await _off_loop(self._api.exec_inspect, self._exec_id)
+            if not state.get("Running"):
+                code = state.get("ExitCode")
+                return killed if code is None else code
+            if output_ended:
+                container = await _off_loop(self._api.inspect_container, self._container_id)
+                if not container.get("State", {}).get("Running"):
+                    return killed  # e.g. killed from outside
+        except Exception:  # the container is gone, and the exec with it
+            return killed
+        return None
 
     def kill(self) -> None:
         """SIGKILL the exec's process (the container and the exec's children live on); returns at
