@@ -3,7 +3,8 @@
 Secure by default (every default can be changed by an option): no network, a read-only root
 file system with small writable tmpfs mounts for ``/tmp`` and the working directory, all
 capabilities dropped, ``no-new-privileges``, a non-root user, process, memory and CPU limits,
-an init process that reaps zombies, no host mounts and never the Docker socket.
+an init process that reaps zombies, no host mounts (but, on a local engine, the socket channel's
+empty read-only directory: see :mod:`sandboxkit_docker.channel`) and never the Docker socket.
 
 The Docker SDK is imported only when the backend is used.
 """
