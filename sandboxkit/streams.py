@@ -9,7 +9,6 @@ parse JSON, and can be woken early by another thread.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import select
@@ -17,6 +16,7 @@ import threading
 import time
 from typing import IO, Any, Callable
 
+from sandboxkit.decoding import MessageLimits, decode
 from sandboxkit.protocol import Violation
 
 __all__ = ["MessageReader", "PolledReader", "ThreadedReader", "open_reader"]
@@ -32,11 +32,15 @@ _yield_cpu = getattr(os, "sched_yield", lambda: None)
 Event = tuple[str, Any]
 
 
-def _parse(line: bytes) -> Event:
+def _parse(line: bytes, limits: MessageLimits) -> Event:
     try:
-        return "message", json.loads(line)
-    except ValueError:
-        return "violation", f"a line was not JSON: {line[:80]!r}"
+        return "message", decode(line, limits)
+    except Violation as exc:
+        return "violation", str(exc)
+
+
+def _too_long(limits: MessageLimits) -> str:
+    return f"a message exceeded the {limits.max_bytes}-byte limit (max_message_bytes)"
 
 
 class MessageReader:
@@ -66,10 +70,17 @@ def _identity(chunk: bytes) -> bytes:
 
 
 class PolledReader(MessageReader):
-    def __init__(self, fd: int, max_line: int, split: Splitter = _identity) -> None:
+    """Reads a file descriptor with ``poll`` on the thread that waits for a message.
+
+    It reads its own duplicate of the descriptor, so a backend closing the stream (on kill) can
+    never make it read a descriptor number that was reused meanwhile; :meth:`close` releases the
+    duplicate at once, or when the thread inside :meth:`next_event` leaves it.
+    """
+
+    def __init__(self, fd: int, limits: MessageLimits, split: Splitter = _identity) -> None:
         self._split = split
-        self._fd = fd
-        self._max_line = max_line
+        self._limits = limits
+        self._fd = os.dup(fd)
         self._buffer = bytearray()
         self._scanned = 0
         self._eof = False
@@ -77,9 +88,10 @@ class PolledReader(MessageReader):
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._poll = select.poll()
-        self._poll.register(fd, select.POLLIN)
+        self._poll.register(self._fd, select.POLLIN)
         self._poll.register(self._wake_r, select.POLLIN)
         self._closed = False
+        self._busy = False
         self._lock = threading.Lock()
         #: Whether to poll briefly before sleeping; the session turns it off while host tools run,
         #: since they need the interpreter lock that spinning would keep taking.
@@ -89,25 +101,40 @@ class PolledReader(MessageReader):
         index = self._buffer.find(b"\n", self._scanned)
         if index < 0:
             self._scanned = len(self._buffer)
-            if self._scanned > self._max_line:
-                raise Violation(f"a message exceeded the {self._max_line}-byte limit (max_message_bytes)")
+            if self._scanned > self._limits.max_bytes:
+                raise Violation(_too_long(self._limits))
             return None
-        if index > self._max_line:
-            raise Violation(f"a message exceeded the {self._max_line}-byte limit (max_message_bytes)")
+        if index > self._limits.max_bytes:
+            raise Violation(_too_long(self._limits))
         line = bytes(self._buffer[:index])
         del self._buffer[: index + 1]
         self._scanned = 0
         return line
 
     def next_event(self, deadline: float | None) -> Event:
+        with self._lock:
+            if self._closed:
+                return "eof", None
+            self._busy = True
+        try:
+            return self._next_event(deadline)
+        finally:
+            with self._lock:
+                self._busy = False
+                if self._closed:
+                    self._release()
+
+    def _next_event(self, deadline: float | None) -> Event:
         while True:
             try:
                 line = self._take_line()
             except Violation as exc:
                 return "violation", str(exc)
             if line is not None:
-                return _parse(line)
+                return _parse(line, self._limits)
             if self._eof:
+                return "eof", None
+            if self._closed:
                 return "eof", None
             ready = self._spin() if self.spin else []
             if not ready:
@@ -157,10 +184,25 @@ class PolledReader(MessageReader):
 
     def close(self) -> None:
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                os.close(self._wake_r)
-                os.close(self._wake_w)
+            if self._closed:
+                return
+            self._closed = True
+            if self._busy:  # the reading thread releases the descriptors as it leaves
+                try:
+                    os.write(self._wake_w, b"!")
+                except OSError:
+                    pass
+            else:
+                self._release()
+
+    def _release(self) -> None:
+        """Close the descriptors; call with the lock held, once closed and no thread reads."""
+        for fd in (self._fd, self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fd = self._wake_r = self._wake_w = -1
 
 
 class _SplitStream:
@@ -188,23 +230,23 @@ class _SplitStream:
 
 
 class ThreadedReader(MessageReader):
-    def __init__(self, stream: IO[bytes], max_line: int, split: Splitter = _identity) -> None:
+    def __init__(self, stream: IO[bytes], limits: MessageLimits, split: Splitter = _identity) -> None:
         self._events: queue.Queue[Event] = queue.Queue()
         source: Any = stream if split is _identity else _SplitStream(stream, split)
-        threading.Thread(target=self._read, args=(source, max_line), name="sandboxkit-stdout", daemon=True).start()
+        threading.Thread(target=self._read, args=(source, limits), name="sandboxkit-stdout", daemon=True).start()
 
-    def _read(self, stream: Any, max_line: int) -> None:
+    def _read(self, stream: Any, limits: MessageLimits) -> None:
         try:
             while True:
-                line = stream.readline(max_line + 1)
+                line = stream.readline(limits.max_bytes + 1)
                 if not line:
                     break
                 if not line.endswith(b"\n"):
-                    if len(line) > max_line:
-                        self._events.put(("violation", f"a message exceeded the {max_line}-byte limit (max_message_bytes)"))
+                    if len(line) > limits.max_bytes:
+                        self._events.put(("violation", _too_long(limits)))
                         return
                     break
-                event = _parse(line[:-1])
+                event = _parse(line[:-1], limits)
                 self._events.put(event)
                 if event[0] == "violation":
                     return
@@ -226,7 +268,7 @@ class ThreadedReader(MessageReader):
         self._events.put(("wake", None))
 
 
-def open_reader(stream: IO[bytes], max_line: int, split: Splitter | None = None) -> MessageReader:
+def open_reader(stream: IO[bytes], limits: MessageLimits, split: Splitter | None = None) -> MessageReader:
     """A :class:`PolledReader` on the stream's file descriptor when it has one (nothing else may
     read the stream then), else a :class:`ThreadedReader`. ``split`` extracts stdout from a
     stream that also carries other data."""
@@ -234,7 +276,7 @@ def open_reader(stream: IO[bytes], max_line: int, split: Splitter | None = None)
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):
-        return ThreadedReader(stream, max_line, split)
+        return ThreadedReader(stream, limits, split)
     if not hasattr(select, "poll"):
-        return ThreadedReader(stream, max_line, split)
-    return PolledReader(fd, max_line, split)
+        return ThreadedReader(stream, limits, split)
+    return PolledReader(fd, limits, split)
