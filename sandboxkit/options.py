@@ -36,6 +36,14 @@ class SessionOptions:
     start_timeout: float = 60.0
     #: Largest single protocol line accepted from the sandbox, in bytes.
     max_message_bytes: int = 256 * 1024 * 1024
+    #: Deepest nesting of lists and objects accepted in one message from the sandbox.
+    max_message_depth: int = 100
+    #: Most values (lists, objects, strings, numbers, ...) accepted in one message from the sandbox.
+    max_message_items: int = 1_000_000
+    #: Tool calls of one session that run at once on the host; further calls wait in order.
+    max_concurrent_tools: int = 16
+    #: Tool calls of one session that may wait to run; a call beyond that fails in the sandbox.
+    max_queued_tools: int = 256
 
     def __post_init__(self) -> None:
         if self.timeout is not None and self.timeout <= 0:
@@ -46,6 +54,11 @@ class SessionOptions:
         for name in ("output_limit", "max_message_bytes"):
             if getattr(self, name) < 1024:
                 raise OptionError(f"option '{name}' must be at least 1024 bytes")
+        for name in ("max_message_depth", "max_message_items", "max_concurrent_tools"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"option '{name}' must be at least 1")
+        if self.max_queued_tools < 0:
+            raise OptionError("option 'max_queued_tools' must be 0 or more")
 
 
 def _describe(tp: Any) -> str:

@@ -86,7 +86,11 @@ def validate(message: Any) -> dict[str, Any]:
         if status not in RESULT_STATUSES:
             raise Violation(f"result message has unknown status {status!r}")
         _need(message, "output", str, "result")
-        _need(message, "dropped", int, "result")
+        if _need(message, "dropped", int, "result") < 0:
+            raise Violation("result message field 'dropped' must not be negative")
+        for key, kinds in (("traceback", str), ("args", list)):
+            if key in message and not isinstance(message[key], kinds):
+                raise Violation(f"result message field {key!r} must be {kinds.__name__}")
         if status == "ok":
             if "value" not in message:
                 raise Violation("ok result without a 'value'")

@@ -1,9 +1,10 @@
 """One driver process and the host side of its conversation.
 
 A :class:`DriverSession` launches the driver through a backend, completes the handshake, reads
-every line the sandbox sends on a background thread (validating it), runs tool calls on host
-threads, and enforces the execute timeout in two steps: interrupt, then kill after a grace
-period. Any failure that leaves the sandbox's state unknown ends the session.
+the sandbox's messages on the thread that waits for them (validating each), runs tool calls on a
+bounded set of host threads, and enforces the execute timeout in two steps: interrupt, then kill
+after a grace period. Writes go through an :class:`~sandboxkit.outbox.Outbox`, so no step ever
+waits for the sandbox to read. Any failure that leaves the sandbox's state unknown ends the session.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import atexit
 import collections
 import contextvars
 import json
-import queue
 import secrets
 import threading
 import time
@@ -21,9 +21,12 @@ from typing import Any, Callable
 
 from sandboxkit import protocol
 from sandboxkit.backend import Backend, SandboxProcess
-from sandboxkit.errors import BackendStartError, ProtocolError, SandboxDiedError
+from sandboxkit.decoding import MessageLimits
+from sandboxkit.errors import BackendStartError, ProtocolError, SandboxDiedError, SessionEndedError
 from sandboxkit.options import SessionOptions
+from sandboxkit.outbox import Outbox
 from sandboxkit.streams import MessageReader, open_reader
+from sandboxkit.tool_queue import ToolQueue
 from sandboxkit_driver import driver_source
 
 __all__ = ["DriverSession", "ToolRunner"]
@@ -32,6 +35,8 @@ __all__ = ["DriverSession", "ToolRunner"]
 ToolRunner = Callable[[str, list, dict], dict]
 
 _STDERR_TAIL_BYTES = 16 * 1024
+#: How long close() lets the driver exit by itself before the sandbox is killed (seconds).
+_EXIT_PATIENCE = 1.0
 _live_sessions: weakref.WeakSet[DriverSession] = weakref.WeakSet()
 
 
@@ -41,62 +46,32 @@ def _close_all_sessions() -> None:
         session.close()
 
 
-class _Workers:
-    """Threads for tool calls: an idle one is reused, otherwise a new one starts, so concurrent
-    calls never wait for each other (they may block on one another, as sub-agents do)."""
-
-    IDLE_SECONDS = 30.0
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0
-
-    def submit(self, job: Callable[[], None]) -> None:
-        with self._lock:
-            if self._idle > 0:
-                self._idle -= 1
-                spawn = False
-            else:
-                spawn = True
-        self._jobs.put(job)
-        if spawn:
-            threading.Thread(target=self._work, name="sandboxkit-tool", daemon=True).start()
-
-    def _work(self) -> None:
-        while True:
-            try:
-                job = self._jobs.get(timeout=self.IDLE_SECONDS)
-            except queue.Empty:
-                with self._lock:
-                    if self._idle > 0 and self._jobs.empty():
-                        self._idle -= 1
-                        return
-                continue
-            job()
-            with self._lock:
-                self._idle += 1
-
-
-_TOOL_WORKERS = _Workers()
+def _tool_error(call_id: str, ename: str, evalue: str) -> bytes:
+    return json.dumps({"type": "tool_result", "id": call_id, "ok": False, "ename": ename, "evalue": evalue}).encode() + b"\n"
 
 
 class DriverSession:
-    """The live driver in one sandbox. Not thread-safe: the interpreter serialises executes."""
+    """The live driver in one sandbox. Executes are serialised by the interpreter; ``close`` may
+    be called from any thread at any time."""
 
     def __init__(self, backend: Backend, options: SessionOptions, label: str) -> None:
         self._backend = backend
         self._options = options
         self._label = label
         self._process: SandboxProcess | None = None
-        self._send_lock = threading.Lock()
+        self._outbox: Outbox | None = None
         self._stderr_tail: collections.deque[bytes] = collections.deque()
         self._stderr_size = 0
         self._stderr_done = threading.Event()
         self._closed = False
+        self._close_lock = threading.Lock()
         self._reader: MessageReader | None = None
+        self._limits = MessageLimits(options.max_message_bytes, options.max_message_depth, options.max_message_items)
+        self._tools = ToolQueue(options.max_concurrent_tools, options.max_queued_tools, label)
         self._tools_lock = threading.Lock()
         self._tools_running = 0
+        #: The execute whose tool calls may run now (None between executes).
+        self._running_exec: str | None = None
         #: BaseExceptions raised by tools (e.g. KeyboardInterrupt), for the execute loop to re-raise.
         self._tool_interrupts: collections.deque[BaseException] = collections.deque()
         self.python_version = ""
@@ -113,16 +88,12 @@ class DriverSession:
         spin = self._backend.poll_before_sleep
         self._process = self._backend.launch(protocol.driver_argv(), {} if spin else {"SANDBOXKIT_SPIN_SECONDS": "0"})
         _live_sessions.add(self)
-        self._reader = open_reader(
-            self._process.stdout, self._options.max_message_bytes, self._process.split_output
-        )
+        self._reader = open_reader(self._process.stdout, self._limits, self._process.split_output)
+        self._outbox = Outbox(self._process.stdin, self._label)
         # The host side polls briefly either way (yielding the CPU as it does): a relay's answer
         # often still comes within the moment. Only the driver's polling follows the backend.
         threading.Thread(target=self._read_stderr, name=f"sandboxkit-stderr-{self._label}", daemon=True).start()
-        try:
-            self._write(source)
-        except SandboxDiedError:
-            self._raise_died("while receiving the driver")
+        self._send(source)
         kind, payload = self._next_event(time.monotonic() + self._options.start_timeout)
         if kind == "timeout":
             self.close()
@@ -130,44 +101,46 @@ class DriverSession:
                 f"the sandbox did not start the driver within {self._options.start_timeout:g}s "
                 f"(raise the 'start_timeout' option if the backend is slow to start){self._stderr_note()}"
             )
-        if kind == "eof":
+        if kind in ("eof", "wake"):
             self._raise_died("during start-up")
         if kind == "violation":
             self._fail_protocol(payload)
-        if kind == "message":
-            try:
-                protocol.validate(payload)
-            except protocol.Violation as exc:
-                self._fail_protocol(str(exc))
-        if payload.get("type") != "hello":
-            self._fail_protocol(f"expected the driver's hello first, got {payload.get('type')!r}")
-        if payload["protocol"] != protocol.PROTOCOL_VERSION:
+        try:
+            hello = protocol.validate(payload)
+        except protocol.Violation as exc:
+            self._fail_protocol(str(exc))
+        if hello["type"] != "hello":
+            self._fail_protocol(f"expected the driver's hello first, got {hello['type']!r}")
+        if hello["protocol"] != protocol.PROTOCOL_VERSION:
             self.close()
             raise BackendStartError(
-                f"the sandbox driver speaks protocol {payload['protocol']}, this host speaks "
+                f"the sandbox driver speaks protocol {hello['protocol']}, this host speaks "
                 f"{protocol.PROTOCOL_VERSION}; upgrade sandboxkit on the side that is older"
             )
-        self.python_version = payload["python"]
+        self.python_version = hello["python"]
 
     def close(self) -> None:
-        """Ask the driver to stop, then make sure the sandbox is gone. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        """Ask the driver to stop, then make sure the sandbox is gone. Idempotent, callable from
+        any thread; never waits for the sandbox to read, and at most about a second for it to exit."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
         _live_sessions.discard(self)
-        process = self._process
-        if process is None:
-            return
+        self._tools.close()
+        process, outbox = self._process, self._outbox
         try:
-            if process.poll() is None:
-                try:
-                    self._write(b'{"type":"shutdown"}\n')
-                    process.stdin.close()
-                except Exception:
-                    pass
-                process.wait(1.0)
+            if process is not None and outbox is not None:
+                outbox.send(b'{"type":"shutdown"}\n')
+                if not outbox.broken and process.poll() is None:
+                    process.wait(_EXIT_PATIENCE)
+        except Exception:
+            pass  # killing below is what counts
         finally:
-            process.kill()
+            if outbox is not None:
+                outbox.close()
+            if process is not None:
+                process.kill()
             if self._reader is not None:
                 self._reader.close()
 
@@ -182,87 +155,128 @@ class DriverSession:
         """Send an execute request (and its raw blobs); serve its tool calls; return
         (result message, interrupted).
 
-        The calling thread reads the replies itself. Raises :class:`SandboxDiedError` or
-        :class:`ProtocolError` (ending the session) when the sandbox dies, breaks the protocol or
-        ignores an interrupt past the grace period.
+        The calling thread reads the replies itself. Raises :class:`SandboxDiedError`,
+        :class:`ProtocolError` or :class:`SessionEndedError` (ending the session) when the
+        sandbox dies, breaks the protocol, ignores an interrupt past the grace period, or the
+        session is closed meanwhile.
         """
         timeout = self._options.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         # Tools run with the caller's context variables (dspy.context(lm=...) among them).
         caller = contextvars.copy_context()
-        self._write(message_json.encode("utf-8", "surrogatepass") + b"\n", *blobs)
-        interrupted = False
-        while True:
-            kind, payload = self._next_event(deadline)
-            if kind == "timeout":
-                if not interrupted:
-                    interrupted = True
-                    self._write(json.dumps({"type": "interrupt", "id": exec_id}).encode() + b"\n")
-                    deadline = time.monotonic() + self._options.grace
-                    continue
-                self.close()
-                raise SandboxDiedError(
-                    f"the code ran past the {timeout:g}s timeout and did not stop within the "
-                    f"{self._options.grace:g}s grace period after being interrupted, so the sandbox was "
-                    "killed and its state is lost; create a new interpreter to continue"
-                    + self._stderr_note(),
-                    stderr_tail=self.stderr_tail(),
-                )
-            if kind == "wake":
-                if self._tool_interrupts:
+        request = message_json.encode("utf-8", "surrogatepass") + b"\n"
+        # Unread replies beyond this mean the sandbox stopped reading while it kept calling.
+        backlog_limit = len(request) + sum(len(blob) for blob in blobs) + self._options.max_message_bytes
+        self._running_exec = exec_id
+        try:
+            self._send(request, *blobs)
+            interrupted = False
+            while True:
+                kind, payload = self._next_event(deadline)
+                if self._closed:
+                    raise SessionEndedError("the interpreter was shut down while this execute ran; "
+                                            "create a new interpreter to continue")
+                if kind == "timeout":
+                    if not interrupted:
+                        interrupted = True
+                        self._send(json.dumps({"type": "interrupt", "id": exec_id}).encode() + b"\n")
+                        deadline = time.monotonic() + self._options.grace
+                        continue
                     self.close()
-                    raise self._tool_interrupts.popleft()
-                continue
-            if kind == "eof":
-                self._raise_died("during execute")
-            if kind == "violation":
-                self._fail_protocol(payload)
-            try:
-                message = protocol.validate(payload)
-            except protocol.Violation as exc:
-                self._fail_protocol(str(exc))
-            if message["type"] == "tool_call":
-                if message["exec"] != exec_id:
-                    self._fail_protocol("a tool call named an execute that is not running")
-                self._start_tool_call(message, run_tool, caller)
-            elif message["type"] == "result":
-                if message["id"] != exec_id:
-                    self._fail_protocol("a result answered a request that was not made")
-                return message, interrupted
-            else:
-                self._fail_protocol(f"unexpected {message['type']!r} message during execute")
+                    limit = f"the {timeout:g}s timeout" if timeout is not None else "its timeout"
+                    raise SandboxDiedError(
+                        f"the code ran past {limit} and did not stop within the "
+                        f"{self._options.grace:g}s grace period after being interrupted, so the sandbox was "
+                        "killed and the interpreter state was lost; create a new interpreter to continue"
+                        + self._stderr_note(),
+                        stderr_tail=self.stderr_tail(),
+                    )
+                if kind == "wake":
+                    if self._tool_interrupts:
+                        self.close()
+                        raise self._tool_interrupts.popleft()
+                    self._check_backlog(backlog_limit)
+                    continue
+                if kind == "eof":
+                    self._raise_died("during execute")
+                if kind == "violation":
+                    self._fail_protocol(payload)
+                try:
+                    message = protocol.validate(payload)
+                except protocol.Violation as exc:
+                    self._fail_protocol(str(exc))
+                if message["type"] == "tool_call":
+                    self._accept_tool_call(message, exec_id, run_tool, caller)
+                    self._check_backlog(backlog_limit)
+                elif message["type"] == "result":
+                    if message["id"] != exec_id:
+                        self._fail_protocol("a result answered a request that was not made")
+                    return message, interrupted
+                else:
+                    self._fail_protocol(f"unexpected {message['type']!r} message during execute")
+        finally:
+            self._end_execute(exec_id)
 
-    def _start_tool_call(self, message: dict[str, Any], run_tool: ToolRunner, caller: contextvars.Context) -> None:
-        context = caller.copy()  # one copy per call: concurrent calls cannot share an entered context
-        self._tool_started()
+    def _end_execute(self, exec_id: str) -> None:
+        """No tool call of ``exec_id`` starts from now on; the waiting ones are answered."""
+        self._running_exec = None
+        for job in self._tools.cancel(exec_id):
+            job()  # a cancelled job only answers its call (see _accept_tool_call)
 
-        def run() -> None:
-            self.tool_context.active = True
-            try:
-                reply = run_tool(message["name"], message["args"], message["kwargs"])
-            except BaseException as exc:  # interrupts reach the caller of execute
-                self._tool_finished()
-                self._tool_interrupts.append(exc)
-                if self._reader is not None:
-                    self._reader.wake()
+    def _check_backlog(self, limit: int) -> None:
+        outbox = self._outbox
+        if outbox is not None and outbox.backlog_bytes > limit:
+            self._fail_protocol(
+                f"the sandbox stopped reading the host's replies while it went on calling tools (more than "
+                f"max_message_bytes={self._options.max_message_bytes} unread)"
+            )
+
+    def _accept_tool_call(self, message: dict[str, Any], exec_id: str, run_tool: ToolRunner,
+                          caller: contextvars.Context) -> None:
+        """Queue a tool call of the running execute; refuse, in the calling sandbox thread, one
+        made by code that outlived its execute or one beyond the queue's capacity."""
+        call_id = message["id"]
+        if message["exec"] != exec_id:
+            self._send(_tool_error(call_id, "RuntimeError",
+                                   "tools can be called only while an execute is running; this call came from "
+                                   "code (e.g. a background thread) that outlived the execute that started it"))
+            return
+        def job() -> None:
+            if self._running_exec != exec_id or self._closed:
+                self._send(_tool_error(call_id, "RuntimeError", "the execute that made this tool call has ended"))
                 return
-            finally:
-                self.tool_context.active = False
-            reply = {"type": "tool_result", "id": message["id"], **reply}
-            try:
-                data = json.dumps(reply, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
-            except (TypeError, ValueError) as exc:
-                data = json.dumps({"type": "tool_result", "id": message["id"], "ok": False,
-                                   "ename": "TypeError", "evalue": f"tool result is not JSON-compatible: {exc}"}
-                                  ).encode() + b"\n"
-            try:
-                self._write(data)
-            except SandboxDiedError:
-                pass  # the execute loop reports the death
-            finally:
-                self._tool_finished()
+            context = caller.copy()  # one copy per call: concurrent calls cannot share an entered context
+            context.run(self._run_tool_call, message, run_tool)
 
-        _TOOL_WORKERS.submit(lambda: context.run(run))
+        if not self._tools.submit(exec_id, job):
+            self._send(_tool_error(
+                call_id, "RuntimeError",
+                f"too many tool calls at once: {self._options.max_concurrent_tools} run and "
+                f"{self._options.max_queued_tools} wait already (max_concurrent_tools, max_queued_tools); "
+                "wait for some to finish"))
+
+    def _run_tool_call(self, message: dict[str, Any], run_tool: ToolRunner) -> None:
+        self._tool_started()
+        self.tool_context.active = True
+        try:
+            reply = run_tool(message["name"], message["args"], message["kwargs"])
+        except BaseException as exc:  # interrupts reach the caller of execute
+            self._tool_interrupts.append(exc)
+            if self._reader is not None:
+                self._reader.wake()
+            return
+        finally:
+            self.tool_context.active = False
+            self._tool_finished()
+        reply = {"type": "tool_result", "id": message["id"], **reply}
+        try:
+            data = json.dumps(reply, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
+        except (TypeError, ValueError) as exc:
+            data = _tool_error(message["id"], "TypeError", f"tool result is not JSON-compatible: {exc}")
+        self._send(data)
+        outbox = self._outbox
+        if outbox is not None and not outbox.drained and self._reader is not None:
+            self._reader.wake()  # let the execute thread look at the backlog
 
     def _tool_started(self) -> None:
         with self._tools_lock:
@@ -284,17 +298,11 @@ class DriverSession:
         assert self._reader is not None
         return self._reader.next_event(deadline)
 
-    def _write(self, *chunks: bytes) -> None:
-        """Write ``chunks`` back to back, atomically with respect to other writers."""
-        process = self._process
-        assert process is not None
-        with self._send_lock:
-            try:
-                for chunk in chunks:
-                    process.stdin.write(chunk)
-                process.stdin.flush()
-            except (OSError, ValueError) as exc:
-                raise SandboxDiedError(f"the sandbox stopped accepting input: {exc}") from exc
+    def _send(self, *chunks: bytes) -> None:
+        """Write ``chunks`` back to back, after everything sent before; never blocks."""
+        outbox = self._outbox
+        assert outbox is not None
+        outbox.send(*chunks)
 
     def _read_stderr(self) -> None:
         process = self._process
@@ -314,7 +322,7 @@ class DriverSession:
             self._stderr_done.set()
 
     def stderr_tail(self) -> str:
-        data = b"".join(self._stderr_tail)[-_STDERR_TAIL_BYTES:]
+        data = b"".join(list(self._stderr_tail))[-_STDERR_TAIL_BYTES:]
         return data.decode("utf-8", "replace").strip()
 
     def _stderr_note(self) -> str:
@@ -329,7 +337,7 @@ class DriverSession:
         tail = self.stderr_tail()
         self.close()
         raise SandboxDiedError(
-            f"the sandbox process ended unexpectedly {when} ({how}); its state is lost. "
+            f"the sandbox process ended unexpectedly {when} ({how}); the interpreter state was lost. "
             f"Create a new interpreter to continue." + (f"\nSandbox stderr (last lines):\n{tail}" if tail else ""),
             exit_code=code,
             stderr_tail=tail,

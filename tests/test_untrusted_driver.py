@@ -64,6 +64,9 @@ ROGUE = textwrap.dedent(
         out.write('{"type":"result","padding":"' + "x" * 100000 + '"}\n'); out.flush()
     elif scenario == "foreign_tool_call":
         send({"type": "tool_call", "id": "abc", "exec": "f" * 32, "name": "t", "args": [], "kwargs": {}})
+        reply = json.loads(sys.stdin.readline())  # answered, not fatal: report what came back
+        ok["value"] = [reply.get("id"), reply.get("ok"), reply.get("ename"), reply.get("evalue")]
+        send(ok)
     elif scenario == "unknown_type":
         send({"type": "surprise"})
     elif scenario == "missing_field":
@@ -127,7 +130,6 @@ def test_well_behaved_rogue_script_works_so_the_harness_is_sound():
     "scenario, expected",
     [
         ("wrong_id", "answered a request that was not made"),
-        ("foreign_tool_call", "named an execute that is not running"),
         ("unknown_type", "unknown message type"),
         ("missing_field", "'output'"),
         ("bad_status", "unknown status"),
@@ -140,6 +142,17 @@ def test_protocol_violation_during_execute_ends_the_session(scenario, expected):
         interp.execute("x = 1")
     with pytest.raises(SessionEndedError, match="create a new interpreter"):
         interp.execute("x = 1")
+    _assert_reaped(backend)
+
+
+def test_a_tool_call_from_an_ended_execute_is_answered_with_an_error_not_fatal():
+    interp, backend = _interpreter("foreign_tool_call")
+    try:
+        call_id, ok, ename, evalue = interp.execute("x = 1")
+        assert (call_id, ok, ename) == ("abc", False, "RuntimeError")
+        assert "only while an execute is running" in evalue
+    finally:
+        interp.shutdown()
     _assert_reaped(backend)
 
 

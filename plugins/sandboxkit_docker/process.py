@@ -35,6 +35,9 @@ class _SocketWriter:
         self._sock = sock
         self.closed = False
 
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
     def write(self, data: bytes) -> int:
         if self.closed:
             raise ValueError("write to closed stdin")
