@@ -29,10 +29,13 @@ class InterpreterFactory:
     ``dspy.configure``. ``execution_instructions`` describes the runtime for RLM's prompt.
     """
 
-    def __init__(self, backend_cls: type[Backend], session_options: SessionOptions, backend_options: Any) -> None:
+    def __init__(self, backend_cls: type[Backend], session_options: SessionOptions, backend_options: Any,
+                 callbacks: list[Any] | None = None) -> None:
         self.backend_cls = backend_cls
         self.session_options = session_options
         self.backend_options = backend_options
+        #: DSPy callbacks every interpreter made gets as its own ``callbacks``.
+        self.callbacks: list[Any] = list(callbacks or [])
         self.execution_instructions: str = backend_cls.execution_instructions
 
     @property
@@ -41,19 +44,21 @@ class InterpreterFactory:
 
     def __call__(self) -> SandboxInterpreter:
         """A new interpreter; nothing starts (and nothing is checked) until it is used."""
-        return SandboxInterpreter(self.backend_cls(self.backend_options), self.session_options)
+        return SandboxInterpreter(self.backend_cls(self.backend_options), self.session_options,
+                                  callbacks=self.callbacks)
 
     def __repr__(self) -> str:
         return f"<sandboxkit factory backend={self.backend_cls.name!r}>"
 
 
-def factory(backend: str | None = None, **options: Any) -> InterpreterFactory:
+def factory(backend: str | None = None, *, callbacks: list[Any] | None = None, **options: Any) -> InterpreterFactory:
     """A factory of interpreters on the named backend (see :func:`resolve_backend_name`).
 
     ``options`` mix the interpreter's own (:class:`sandboxkit.options.SessionOptions`:
     ``timeout``, ``grace``, ``output_limit``, ...) and the backend's; string values are converted
-    to each option's type. Raises ``BackendNotFoundError`` listing the installed backends for an
-    unknown name and ``OptionError`` for a bad option.
+    to each option's type. ``callbacks`` are DSPy callbacks for each interpreter, besides the
+    global ones. Raises ``BackendNotFoundError`` listing the installed backends for an unknown
+    name and ``OptionError`` for a bad option.
     """
     name = resolve_backend_name(backend)
     backend_cls = plugins.load_backend(name)
@@ -61,12 +66,12 @@ def factory(backend: str | None = None, **options: Any) -> InterpreterFactory:
     session_options = build_options(SessionOptions, session_values, "the interpreter")
     session_names = frozenset(f.name for f in dataclasses.fields(SessionOptions))
     backend_options = build_options(backend_cls.Options, backend_values, f"backend {name!r}", session_names)
-    return InterpreterFactory(backend_cls, session_options, backend_options)
+    return InterpreterFactory(backend_cls, session_options, backend_options, callbacks)
 
 
-def interpreter(backend: str | None = None, **options: Any) -> SandboxInterpreter:
+def interpreter(backend: str | None = None, *, callbacks: list[Any] | None = None, **options: Any) -> SandboxInterpreter:
     """A new, not yet started interpreter on the named backend; options as for :func:`factory`."""
-    return factory(backend, **options)()
+    return factory(backend, callbacks=callbacks, **options)()
 
 
 def backends() -> list[plugins.BackendInfo]:

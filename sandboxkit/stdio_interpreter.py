@@ -19,6 +19,7 @@ from dspy.primitives.code_interpreter import FinalOutput
 
 from sandboxkit import values
 from sandboxkit.backend import Backend
+from sandboxkit.callbacks import traced
 from sandboxkit.errors import (
     CodeExecutionError,
     CodeInterpreterError,
@@ -46,11 +47,17 @@ class SandboxInterpreter:
         *,
         tools: dict[str, Callable[..., Any]] | None = None,
         output_fields: list[dict[str, Any]] | None = None,
+        callbacks: list[Any] | None = None,
     ) -> None:
         self.backend = backend
         self.options = options or SessionOptions()
         self._tools: dict[str, Callable[..., Any]] = dict(tools or {})
         self.output_fields = output_fields
+        #: DSPy callbacks (``dspy.utils.callback.BaseCallback``) for this interpreter alone, fired
+        #: like DSPy's own interpreters fire them, besides the global ones.
+        self.callbacks: list[Any] = list(callbacks or [])
+        #: The tools of the running execute, as it saw them when it began.
+        self._active_tools: dict[str, Callable[..., Any]] = {}
         #: DSPy's RLM resets this to ask for tools to be registered again: the next execute then
         #: resends the tool list even if it looks unchanged.
         self._tools_registered = False
@@ -82,6 +89,7 @@ class SandboxInterpreter:
     def backend_name(self) -> str:
         return self.backend.name
 
+    @traced
     def start(self) -> None:
         """Start the sandbox and the driver. Idempotent; refused after ``shutdown()``."""
         with self._lifecycle_lock:
@@ -97,6 +105,7 @@ class SandboxInterpreter:
                 raise
             self._session = session
 
+    @traced
     def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
         """Run ``code`` in the session; see the module docstring for what it returns and raises."""
         session = self._session
@@ -115,6 +124,7 @@ class SandboxInterpreter:
         finally:
             self._execute_lock.release()
 
+    @traced
     def shutdown(self) -> None:
         """End the session for good and remove the sandbox. Idempotent."""
         with self._lifecycle_lock:
@@ -177,7 +187,8 @@ class SandboxInterpreter:
         )
         message = head[:-1] + ',"variables":' + variables_json + "}"
         try:
-            result, interrupted = session.execute(message, blobs, exec_id, lambda n, a, k: self._run_tool(tools, n, a, k))
+            self._active_tools = tools
+            result, interrupted = session.execute(message, blobs, exec_id, self._serve_tool)
         except CodeInterpreterError:
             self._end_after_failure()
             raise
@@ -228,45 +239,60 @@ class SandboxInterpreter:
             raise CodeInterpreterError(f"output field names must be unique: {names}")
         return names
 
-    def _run_tool(self, tools: dict[str, Callable[..., Any]], name: str, args: list, kwargs: dict) -> dict:
-        fn = tools.get(name)
-        if fn is None:
-            return {"ok": False, "ename": "CodeInterpreterError",
-                    "evalue": f"Unknown tool: {name}; available tools: {', '.join(sorted(tools)) or 'none'}"}
+    def _serve_tool(self, name: str, args: list, kwargs: dict) -> dict:
+        """The reply fields for one tool call from the sandbox (a failing tool is a reply too)."""
         try:
-            call_args, call_kwargs = values.bind_tool_call(fn, args, kwargs)
-            result = fn(*call_args, **call_kwargs)
-            if inspect.isawaitable(result):
-                result = asyncio.run(_awaited(result))
-            return {"ok": True, "value": values.tool_result_value(result)}
+            return {"ok": True, "value": values.tool_result_value(self.invoke_tool(name, args, kwargs))}
         except Exception as exc:
             return {"ok": False, "ename": type(exc).__name__, "evalue": str(exc)}
 
+    @traced
+    def invoke_tool(self, tool_name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Run the host tool ``tool_name`` that sandbox code called, with DSPy's argument
+        mapping; return its result (awaited if it is a coroutine) or raise what it raised."""
+        tools = self._active_tools
+        fn = tools.get(tool_name)
+        if fn is None:
+            raise CodeInterpreterError(
+                f"Unknown tool: {tool_name}; available tools: {', '.join(sorted(tools)) or 'none'}")
+        call_args, call_kwargs = values.bind_tool_call(fn, args, kwargs)
+        result = fn(*call_args, **call_kwargs)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_awaited(result))
+        return result
+
     def _interpret(self, result: dict[str, Any], interrupted: bool) -> Any:
+        """What execute returns or raises for a result message; every text the sandbox sent is
+        cut to ``output_limit`` characters here, whatever it claims about itself."""
+        limit = self.options.output_limit
         status = result["status"]
-        output = _with_truncation_note(result["output"], result["dropped"], self.options.output_limit)
+        output, cut = _cut(result["output"], limit)
+        output = _with_truncation_note(output, result["dropped"] + cut, limit)
         if status == "final":
             return FinalOutput(result["fields"])
         if status == "ok":
             if result["has_value"] and result["value"] is not None:
                 return result["value"]
             return output or None
+        evalue = _cut(result["evalue"], limit)[0]
         if status == "syntax_error":
-            raise SyntaxError(f"Invalid Python syntax. message: {result['evalue']}")
+            raise SyntaxError(f"Invalid Python syntax. message: {evalue}")
         if status == "timeout" or (interrupted and status == "error"):
+            after = f"the {self.options.timeout:g}s execute timeout" if self.options.timeout is not None else "its timeout"
             raise ExecutionTimeoutError(
-                f"TimeoutError: the code ran past the {self.options.timeout:g}s execute timeout (time in host "
-                "tools included) and was interrupted; the session and its variables are intact"
-                + _output_note(output)
+                f"TimeoutError: the code ran past {after} (time in host tools included) and was "
+                "interrupted; the session and its variables are intact" + _output_note(output)
             )
         if status == "protocol_error":
             self._end_after_failure()
-            raise ProtocolError(f"the sandbox driver rejected the request: {result['evalue']}")
+            raise ProtocolError(f"the sandbox driver rejected the request: {evalue}")
+        ename = _cut(result["ename"], 200)[0]
+        # DSPy's interpreters name the exception and its arguments: "ValueError: [123]".
+        args = result.get("args")
+        message = _cut(f"{ename}: {args if args else evalue}", limit)[0]
         trace = result.get("traceback")
         if isinstance(trace, str) and trace.strip():
-            message = trace.rstrip()
-        else:
-            message = f"{result['ename']}: {result['evalue']}"
+            message += "\n" + _cut(trace, limit)[0].rstrip()
         raise CodeExecutionError(message + _output_note(output))
 
 
@@ -286,6 +312,13 @@ def _tool_doc(fn: Callable[..., Any]) -> str:
     doc = inspect.getdoc(fn) or ""
     name = getattr(fn, "__name__", "tool")
     return f"{name}{signature}\n\n{doc}"[:2000].strip()
+
+
+def _cut(text: str, limit: int) -> tuple[str, int]:
+    """``text`` cut to ``limit`` characters, and how many were cut."""
+    if len(text) <= limit:
+        return text, 0
+    return text[:limit], len(text) - limit
 
 
 def _with_truncation_note(output: str, dropped: int, limit: int) -> str:

@@ -120,11 +120,13 @@ def check_tool_names(tools: dict[str, Any]) -> None:
 
 
 def check_variable_names(variables: dict[str, Any], tools: dict[str, Any]) -> None:
+    """Raise CodeInterpreterError, worded like DSPy's ("Invalid variable name: 'for'"), for a name
+    that is not an identifier, is a keyword, is reserved or is a tool's name."""
     invalid = [name for name in variables if _bad_name(name) or name in tools]
     if invalid:
         raise CodeInterpreterError(
-            "variable names must be Python identifiers that are not keywords, reserved names "
-            f"({', '.join(sorted(RESERVED_NAMES))}) or tool names; invalid: {invalid!r}"
+            f"Invalid variable name: {invalid[0]!r}; variable names must be Python identifiers that are not "
+            f"keywords, reserved names ({', '.join(sorted(RESERVED_NAMES))}) or tool names; invalid: {invalid!r}"
         )
 
 
