@@ -37,11 +37,13 @@ from typing import Any, Callable, Iterator
 import dspy
 import pytest
 from dspy.utils import DummyLM
+from dspy.utils.callback import BaseCallback
 
 import sandboxkit
-from sandboxkit.errors import SessionEndedError
+from sandboxkit.errors import CodeExecutionError, SessionEndedError
 
 __all__ = [
+    "CallbackScenarios",
     "CodeModuleScenarios",
     "DSPyFeatures",
     "DSPySandbox",
@@ -799,5 +801,102 @@ class CodeModuleScenarios(_SandboxFixture):
         assert [c.inputs.get("q") for c in sub_lm.calls] == ["hi", "HOST ANSWERED HI"]
 
 
-class DSPySuite(RLMScenarios, RLMPluggingStyles, CodeModuleScenarios):
+class _RecordingCallback(BaseCallback):
+    """A DSPy callback that records every interpreter event as (operation, phase, detail)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, Any]] = []
+        self._lock = threading.Lock()
+        self._calls: dict[str, str] = {}
+
+    def _record(self, operation: str, phase: str, call_id: str, detail: Any) -> None:
+        with self._lock:
+            if phase == "start":
+                self._calls[call_id] = operation
+            elif self._calls.pop(call_id, None) != operation:
+                detail = ("unmatched end", detail)
+            self.events.append((operation, phase, detail))
+
+    def on_interpreter_startup_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        self._record("startup", "start", call_id, None)
+
+    def on_interpreter_startup_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+        self._record("startup", "end", call_id, exception)
+
+    def on_interpreter_execute_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        self._record("execute", "start", call_id, inputs.get("code"))
+
+    def on_interpreter_execute_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+        self._record("execute", "end", call_id, exception if exception is not None else outputs)
+
+    def on_interpreter_tool_call_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        self._record("tool_call", "start", call_id, (inputs.get("tool_name"), inputs.get("args"), inputs.get("kwargs")))
+
+    def on_interpreter_tool_call_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+        self._record("tool_call", "end", call_id, exception if exception is not None else outputs)
+
+    def on_interpreter_shutdown_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        self._record("shutdown", "start", call_id, None)
+
+    def on_interpreter_shutdown_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+        self._record("shutdown", "end", call_id, exception)
+
+    def of(self, operation: str, phase: str) -> list[Any]:
+        return [detail for op, ph, detail in self.events if (op, ph) == (operation, phase)]
+
+
+class CallbackScenarios(_SandboxFixture):
+    """DSPy's interpreter callbacks (``on_interpreter_*``) fire as for DSPy's own interpreters."""
+
+    @pytest.fixture(autouse=True)
+    def _needs_interpreter_callbacks(self) -> None:
+        if not hasattr(BaseCallback, "on_interpreter_execute_start"):
+            pytest.skip(f"DSPy {dspy.__version__} has no interpreter callbacks")
+
+    def test_instance_callbacks_fire_for_every_operation(self, dspy_sandbox: DSPySandbox) -> None:
+        recorder = _RecordingCallback()
+        interpreter = dspy_sandbox.interpreter()
+        interpreter.callbacks = [recorder]
+        interpreter.tools["shout"] = lambda text: text.upper()
+        interpreter.start()
+        assert interpreter.execute("shout('hi')") == "HI"
+        with pytest.raises(CodeExecutionError):
+            interpreter.execute("1 / 0")
+        interpreter.shutdown()
+        assert [(op, ph) for op, ph, _ in recorder.events] == [
+            ("startup", "start"), ("startup", "end"),
+            ("execute", "start"), ("tool_call", "start"), ("tool_call", "end"), ("execute", "end"),
+            ("execute", "start"), ("execute", "end"),
+            ("shutdown", "start"), ("shutdown", "end"),
+        ], recorder.events
+        assert recorder.of("execute", "start") == ["shout('hi')", "1 / 0"]
+        assert recorder.of("tool_call", "start") == [("shout", ["hi"], {})]
+        assert recorder.of("tool_call", "end") == ["HI"]
+        ended = recorder.of("execute", "end")
+        assert ended[0] == "HI" and isinstance(ended[1], CodeExecutionError)
+        assert all(detail is None or "unmatched" not in str(detail) for detail in recorder.of("shutdown", "end"))
+
+    def test_global_callbacks_fire_inside_rlm(self, dspy_sandbox: DSPySandbox) -> None:
+        recorder = _RecordingCallback()
+
+        def lookup(key: str) -> str:
+            """Look a word up on the host."""
+            return {"alpha": "first"}.get(key, "unknown")
+
+        lm = DummyLM([
+            step("Ask the host tool.", "found = lookup('alpha')\nprint(found)"),
+            step("Submit it.", "SUBMIT(answer=found)"),
+        ])
+        with dspy_sandbox.rlm("question -> answer", max_iters=4, tools=[lookup]) as rlm, \
+                _context(lm, callbacks=[recorder]):
+            result = rlm(question="What does alpha mean?")
+        assert result.answer == "first", _steps(result)
+        executes = recorder.of("execute", "start")
+        assert any("lookup('alpha')" in code for code in executes), recorder.events
+        assert ("lookup", ["alpha"], {}) in recorder.of("tool_call", "start"), recorder.events
+        assert "first" in recorder.of("tool_call", "end")
+        assert not any("unmatched" in str(detail) for _, _, detail in recorder.events), recorder.events
+
+
+class DSPySuite(RLMScenarios, RLMPluggingStyles, CodeModuleScenarios, CallbackScenarios):
     """All DSPy end-to-end scenarios; subclass it as ``Test...`` with ``backend = "<name>"``."""
