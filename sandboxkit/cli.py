@@ -311,7 +311,7 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="KEY=VALUE",
         default=[],
-        help="an interpreter option (timeout, grace, output_limit, start_timeout, max_message_bytes) or a "
+        help="an interpreter option (timeout, grace, output_limit, start_timeout, max_message_bytes, ...) or a "
         "backend option (e.g. memory_mb for 'subprocess'); repeatable. Values are converted to the option's "
         "type; lists are comma-separated",
     )
