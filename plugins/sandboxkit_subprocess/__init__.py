@@ -1,8 +1,16 @@
 """The ``subprocess`` backend: the driver in a local Python process. The embedded default.
 
 It is **not a security boundary**: the process runs as the host user, can read what that user
-can read and reach the network. It separates the model's code from the host's memory, stdout
-and environment, and limits resources when asked; use ``docker`` or ``modal`` for untrusted code.
+can read (the host process's environment through ``/proc`` included) and reach the network. It
+keeps the model's code out of the host's memory and stdout, gives it a minimal environment and a
+private scratch directory, limits resources when asked, and dies with its host; use ``docker`` or
+``modal`` for untrusted code.
+
+Each sandbox is a small supervisor process (:data:`SUPERVISOR`) with the driver as its only
+child. On Linux the kernel signals the supervisor when the host process dies
+(``PR_SET_PDEATHSIG``), the driver is SIGKILLed when the supervisor dies, and the supervisor is
+the child subreaper of everything the sandbox starts, so it can kill all of it: no cooperation
+from the sandbox's code is needed, whatever signals it ignores.
 """
 
 from __future__ import annotations
@@ -24,6 +32,160 @@ __all__ = ["SubprocessBackend", "SubprocessOptions"]
 
 #: Host variables a sandbox process receives by default: none that carry secrets.
 DEFAULT_ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SYSTEMROOT")
+
+#: How long :meth:`SubprocessProcess.kill` lets the supervisor kill the sandbox's processes
+#: before it kills the supervisor's process group itself.
+_SUPERVISOR_STOP_SECONDS = 2.0
+
+#: The supervisor, run as ``PYTHON -I -c SUPERVISOR HOST_PID ARGV...`` (ARGV: the driver command
+#: without its ``python3``). Python 3.8+, stdlib only. It forks the driver, which runs ARGV in the
+#: same interpreter when ARGV is ``-I -c CODE ...`` (no second start-up) and execs it otherwise,
+#: then waits for it and exits as it did. Linux: SIGHUP arrives when the thread that forked the
+#: supervisor exits (PR_SET_PDEATHSIG), which is a host death only once the parent pid is no
+#: longer HOST_PID (another thread of the host inherits the supervisor otherwise); SIGTERM is the
+#: host asking it to stop. Either way it SIGKILLs every process below it (it is their child
+#: subreaper, so none escapes by leaving the process group or the session) and dies by SIGKILL.
+#: The driver gets SIGKILL if the supervisor dies in any way. Elsewhere it polls its parent pid
+#: and kills its process group.
+SUPERVISOR = r"""
+import os, signal, sys, time
+host = int(sys.argv[1])
+command = sys.argv[2:]
+libc = None
+if sys.platform.startswith("linux"):
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+    except Exception:
+        libc = None
+
+
+def prctl(option, value):
+    if libc is None:
+        return False
+    c = ctypes.c_ulong
+    return libc.prctl(ctypes.c_int(option), c(value), c(0), c(0), c(0)) == 0
+
+
+use_proc = os.path.exists("/proc/self/stat")
+driver = 0
+status = None
+
+
+def descendants():
+    children = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/" + name + "/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            children.setdefault(int(stat[stat.rfind(")") + 2:].split()[1]), []).append(int(name))
+    found, todo = [], [os.getpid()]
+    while todo:
+        for pid in children.get(todo.pop(), ()):
+            found.append(pid)
+            todo.append(pid)
+    return found
+
+
+def reap():
+    global status
+    while True:
+        try:
+            pid, st = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+        if pid == driver:
+            status = st
+
+
+def kill_descendants():
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGHUP, signal.SIGTERM])
+    if not use_proc:
+        os.killpg(0, signal.SIGKILL)
+    end = time.monotonic() + 5
+    while True:
+        for pid in descendants():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if not reap() or time.monotonic() > end:
+            return
+        time.sleep(0.005)
+
+
+def stop(*_):
+    kill_descendants()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def on_parent_signal(*_):
+    if os.getppid() != host:
+        stop()
+
+
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGHUP, on_parent_signal)
+watched = prctl(1, signal.SIGHUP)
+prctl(36, 1)
+if os.getppid() != host:
+    os._exit(1)
+supervisor = os.getpid()
+driver = os.fork()
+if driver == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    prctl(1, signal.SIGKILL)
+    if os.getppid() != supervisor:
+        os._exit(1)
+    if command[:2] == ["-I", "-c"] and len(command) > 2:
+        sys.argv = ["-c"] + command[3:]
+        exec(compile(command[2], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    else:
+        os.execv(sys.executable, [sys.executable] + command)
+else:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    while status is None:
+        if watched:
+            try:
+                pid, st = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if pid == driver:
+                status = st
+        else:
+            if not reap():
+                break
+            if os.getppid() != host:
+                stop()
+            time.sleep(0.2)
+    kill_descendants()
+    if status is None:
+        os._exit(1)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if not prctl(4, 0):
+            try:
+                import resource
+                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            except Exception:
+                pass
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):
+            pass
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)
+    os._exit(os.WEXITSTATUS(status))
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +210,8 @@ class SubprocessOptions:
 
 
 class SubprocessProcess(SandboxProcess):
-    """A local process in its own session and process group, with a private scratch directory."""
+    """A sandbox's supervisor (see :data:`SUPERVISOR`) in its own session and process group, with
+    the driver as its child and a private scratch directory; its exit status is the driver's."""
 
     def __init__(self, popen: subprocess.Popen[bytes], workdir: str) -> None:
         self._popen = popen
@@ -68,14 +231,25 @@ class SubprocessProcess(SandboxProcess):
             return None
 
     def kill(self) -> None:
-        try:
-            os.killpg(self._popen.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self._popen.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        """Ask the supervisor to kill every process of the sandbox; if it has not within
+        :data:`_SUPERVISOR_STOP_SECONDS`, SIGKILL its process group (the driver then dies with it)."""
+        if self._popen.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGCONT):  # SIGCONT: sandbox code may have stopped it
+                try:
+                    self._popen.send_signal(sig)
+                except OSError:
+                    pass
+            try:
+                self._popen.wait(_SUPERVISOR_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self._popen.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                try:
+                    self._popen.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
         for stream in (self.stdin, self.stdout, self.stderr):
             try:
                 stream.close()
@@ -92,9 +266,9 @@ class SubprocessProcess(SandboxProcess):
 
 class SubprocessBackend(Backend):
     name = "subprocess"
-    description = "a local Python process (isolated env and scratch dir; not a security boundary)"
-    capabilities = frozenset({Capability.ISOLATED_ENV, Capability.CHILD_PROCESSES, Capability.SCRATCH_DIR,
-                              Capability.MEMORY_LIMIT})
+    description = "a local Python process (minimal env, scratch dir, dies with its host; not a security boundary)"
+    # Not ISOLATED_ENV: code running as the host's user reads the host's environment in /proc.
+    capabilities = frozenset({Capability.CHILD_PROCESSES, Capability.SCRATCH_DIR, Capability.MEMORY_LIMIT})
     Options = SubprocessOptions
     execution_instructions = (
         "Code runs as CPython in a persistent local process with the standard library. Variables, imports "
@@ -135,7 +309,7 @@ class SubprocessBackend(Backend):
 
     def launch(self, argv: Sequence[str], env: Mapping[str, str]) -> SandboxProcess:
         workdir = tempfile.mkdtemp(prefix="sandboxkit-")
-        command = [self.options.python, *argv[1:]]
+        command = [self.options.python, "-I", "-c", SUPERVISOR, str(os.getpid()), *argv[1:]]
         try:
             popen = subprocess.Popen(
                 command,
