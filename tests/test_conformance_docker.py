@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from docker_support import engine_problem, in_ci, no_leaked_containers  # noqa: F401  (fixture)
-from sandboxkit.conformance import dspy_suite_class, suite
+from sandboxkit.conformance import dspy_suite_class, hostile, suite
 
 pytestmark = [pytest.mark.usefixtures("no_leaked_containers")]
 if engine_problem() is not None and not in_ci():
@@ -81,6 +81,18 @@ class TestMemoryLimit(DockerSettings, suite.MemoryLimitSuite):
     pass
 
 
+class TestForgedMessages(DockerSettings, hostile.ForgedMessageSuite):
+    pass
+
+
+class TestToolAbuse(DockerSettings, hostile.ToolAbuseSuite):
+    pass
+
+
+class TestUserCodeAbuse(DockerSettings, hostile.UserCodeAbuseSuite):
+    pass
+
+
 _DSPySuite = dspy_suite_class()
 
 if _DSPySuite is not None:
@@ -92,7 +104,8 @@ if _DSPySuite is not None:
 # -- the attach channel ----------------------------------------------------------------------------
 # On this machine the default ("auto") carries the protocol over the socket channel. The engine's
 # attach relay is what remote and virtualised engines use: the suites whose tests depend on how
-# the bytes travel (framing, large values, tool traffic, interrupts, death) run over it too.
+# the bytes travel (framing, large values, tool traffic, interrupts, death, forged and flooding
+# traffic) run over it too.
 class AttachSettings(DockerSettings):
     options = {"channel": "attach"}
 
@@ -126,4 +139,16 @@ class TestAttachRobustness(AttachSettings, suite.RobustnessSuite):
 
 
 class TestAttachDeath(AttachSettings, suite.DeathSuite):
+    pass
+
+
+class TestAttachForgedMessages(AttachSettings, hostile.ForgedMessageSuite):
+    pass
+
+
+class TestAttachToolAbuse(AttachSettings, hostile.ToolAbuseSuite):
+    pass
+
+
+class TestAttachUserCodeAbuse(AttachSettings, hostile.UserCodeAbuseSuite):
     pass

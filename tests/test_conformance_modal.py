@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sandboxkit.conformance import dspy_suite_class, suite
+from sandboxkit.conformance import dspy_suite_class, hostile, suite
 from sandboxkit.conformance.plugin import in_ci
 
 if not in_ci():
@@ -101,6 +101,18 @@ class TestEnvironment(ModalSettings, suite.EnvironmentSuite):
     def test_host_files_are_not_visible(self, interp: Any, tmp_path: Any, modal_emulator_isolated: RunningEmulator) -> None:
         _needs_containers(modal_emulator_isolated)
         super().test_host_files_are_not_visible(interp, tmp_path)
+
+
+class TestForgedMessages(ModalSettings, hostile.ForgedMessageSuite):
+    pass
+
+
+class TestToolAbuse(ModalSettings, hostile.ToolAbuseSuite):
+    pass
+
+
+class TestUserCodeAbuse(ModalSettings, hostile.UserCodeAbuseSuite):
+    pass
 
 
 _DSPySuite = dspy_suite_class()

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sandboxkit.conformance import suite
+from sandboxkit.conformance import hostile, suite
 from sandboxkit.errors import CodeInterpreterError, SandboxDiedError
 
 
@@ -70,6 +70,18 @@ class TestEnvironment(SubprocessSettings, suite.EnvironmentSuite):
 
 
 class TestMemoryLimit(SubprocessSettings, suite.MemoryLimitSuite):
+    pass
+
+
+class TestForgedMessages(SubprocessSettings, hostile.ForgedMessageSuite):
+    pass
+
+
+class TestToolAbuse(SubprocessSettings, hostile.ToolAbuseSuite):
+    pass
+
+
+class TestUserCodeAbuse(SubprocessSettings, hostile.UserCodeAbuseSuite):
     pass
 
 

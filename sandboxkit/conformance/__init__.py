@@ -15,8 +15,9 @@ or, with no test code at all, ``pytest --sandboxkit-backend mine`` (or
 ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` set, add ``-p sandboxkit.conformance.plugin``).
 
 ``ConformanceSuite`` combines every suite class (``CoreSuite``, made of ``LifecycleSuite``,
-``StateSuite``, ... and, when present, the DSPy module suite ``DSPySuite``); subclass the parts to
-run a subset. Tests that need a capability the backend does not declare are skipped with the
+``StateSuite``, ..., the attacks of hostile sandbox code ``HostileSuite`` and the checks on
+sandboxes outliving their host ``OrphanSuite``, and, when present, the DSPy module suite
+``DSPySuite``); subclass the parts to run a subset. Tests that need a capability the backend does not declare are skipped with the
 reason; mark your own with :func:`requires`.
 
 Names are loaded on first use, so importing this package does not import pytest or DSPy.
@@ -42,12 +43,24 @@ __all__ = [
         "ToolSuite VariableSuite TimeoutSuite RobustnessSuite DeathSuite EnvironmentSuite "
         "MemoryLimitSuite".split()
     ),
+    "HostileSuite",
+    "ForgedMessageSuite",
+    "ToolAbuseSuite",
+    "UserCodeAbuseSuite",
+    "OrphanSuite",
 ]
 
 #: The module that runs the whole kit against ``--sandboxkit-backend``.
 KIT_MODULE = "sandboxkit.conformance.test_selected_backend"
 _DSPY_MODULE = "sandboxkit.conformance.dspy_suite"
 _SUITE_MODULE = "sandboxkit.conformance.suite"
+#: Suites kept in modules of their own (``CoreSuite`` includes them); the rest live in _SUITE_MODULE.
+_SUITE_HOMES = {
+    "HostileSuite": "sandboxkit.conformance.hostile",
+    "ForgedMessageSuite": "sandboxkit.conformance.hostile",
+    "ToolAbuseSuite": "sandboxkit.conformance.hostile",
+    "UserCodeAbuseSuite": "sandboxkit.conformance.hostile",
+}
 _MISSING = object()
 _dspy_cache: Any = _MISSING
 
@@ -99,7 +112,7 @@ def __getattr__(name: str) -> Any:
         if value is None:
             raise AttributeError("the DSPy module suite is not available in this installation")
     elif name in __all__ and name.endswith("Suite"):
-        value = getattr(importlib.import_module(_SUITE_MODULE), name)
+        value = getattr(importlib.import_module(_SUITE_HOMES.get(name, _SUITE_MODULE)), name)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value

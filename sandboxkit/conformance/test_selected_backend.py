@@ -8,7 +8,7 @@ reason. One class per suite, so ``-k Tools`` selects a part.
 
 from __future__ import annotations
 
-from sandboxkit.conformance import dspy_suite_class, suite
+from sandboxkit.conformance import dspy_suite_class, hostile, suite
 
 __all__: list[str] = []
 
@@ -66,6 +66,22 @@ class TestEnvironment(suite.EnvironmentSuite):
 
 
 class TestMemoryLimit(suite.MemoryLimitSuite):
+    backend = None
+
+
+class TestForgedMessages(hostile.ForgedMessageSuite):
+    backend = None
+
+
+class TestToolAbuse(hostile.ToolAbuseSuite):
+    backend = None
+
+
+class TestUserCodeAbuse(hostile.UserCodeAbuseSuite):
+    backend = None
+
+
+class TestOrphans(suite.OrphanSuite):
     backend = None
 
 
