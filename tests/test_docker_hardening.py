@@ -294,3 +294,87 @@ def test_without_init_orphans_stay_zombies(sandbox):
     assert made == 50
     assert zombies > 0
 
+
+
+# -- the mount table --------------------------------------------------------------------------------
+_MOUNTS = code("""
+    import os, socket
+    mounts = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            mounts.append({"dev": fields[2], "root": fields[3], "point": fields[4],
+                           "options": fields[5].split(","), "fstype": tail[0], "source": tail[1]})
+    probes = {}
+    for name, probe in (("stat socket", lambda: os.stat("/run/sandboxkit/driver.sock")),
+                        ("list", lambda: os.listdir("/run/sandboxkit"))):
+        try:
+            probes[name] = ["ok", repr(probe())]
+        except OSError as exc:
+            probes[name] = [type(exc).__name__]
+    {"mounts": mounts, "hostname": socket.gethostname(), "probes": probes}
+""")
+
+#: Masks the engine lays over sensitive /proc and /sys paths: empty read-only tmpfs mounts, or
+#: /dev/null (the container's own /dev tmpfs) bound over a file. They hide, and show nothing.
+_MASKED_PREFIXES = ("/proc/", "/sys/")
+#: /proc subtrees the engine remounts read-only: the container's own proc, less writable.
+_READ_ONLY_PROC = {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
+#: Files the engine writes for each container and binds in, read-only on a read-only root.
+_ENGINE_FILES = {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}
+#: sandboxkit's own scratch space.
+_SCRATCH = {"/tmp", "/work"}
+
+
+def mount_is_acceptable(mount: dict, hostname: str, dev_device: str | None) -> str | None:
+    """Why a mount inside the container is acceptable, or None when it is not."""
+    point, fstype, root, options = mount["point"], mount["fstype"], mount["root"], mount["options"]
+    read_only = "ro" in options
+    if point == "/" and fstype == "overlay" and read_only:
+        return "the image's own file system, read-only"
+    if point == "/proc" and fstype == "proc":
+        return "the container's proc: its own pid namespace"
+    if point in _READ_ONLY_PROC and fstype == "proc" and read_only and root == point[len("/proc"):]:
+        return "part of the container's proc, remounted read-only by the engine"
+    if point.startswith(_MASKED_PREFIXES) and fstype == "tmpfs" and (read_only and root == "/" or
+                                                                     root == "/null" and mount["dev"] == dev_device):
+        return "a mask over a sensitive /proc or /sys path (empty tmpfs or /dev/null)"
+    if point == "/dev" and fstype == "tmpfs":
+        return "the container's own /dev, made by the engine in memory"
+    if (point, fstype) in {("/dev/pts", "devpts"), ("/dev/mqueue", "mqueue"), ("/dev/shm", "tmpfs")}:
+        return "the container's own terminal, message queue and shared-memory namespaces"
+    if point == "/sys" and fstype == "sysfs" and read_only:
+        return "sysfs, read-only"
+    if point == "/sys/fs/cgroup" and fstype == "tmpfs":
+        return "the engine's empty tmpfs holding the cgroup mounts (cgroup v1)"
+    if point.startswith("/sys/fs/cgroup") and fstype in {"cgroup", "cgroup2"} and read_only:
+        return "the container's own cgroups, read-only"
+    if point in _ENGINE_FILES and read_only and f"/containers/{hostname}" in root:
+        return "a file the engine generated for this container, bound read-only"
+    if point == "/usr/sbin/docker-init" and read_only:
+        return "the engine's init binary (init=True), read-only"
+    if point in _SCRATCH and fstype == "tmpfs" and {"nosuid", "nodev"} <= set(options):
+        return "sandboxkit's scratch space, in memory"
+    if point == "/run/sandboxkit" and read_only and "/sandboxkit-channel-" in root and root.endswith("//deleted"):
+        return "the socket channel's directory, read-only and already deleted on the host"
+    return None
+
+
+@pytest.mark.parametrize("channel", ["socket", "attach"])
+def test_mount_table_holds_nothing_from_the_host(sandbox, channel):
+    seen = sandbox(channel=channel).execute(_MOUNTS)
+    mounts, hostname = seen["mounts"], seen["hostname"]
+    dev = next((m["dev"] for m in mounts if m["point"] == "/dev"), None)
+    unexplained = [m for m in mounts if mount_is_acceptable(m, hostname, dev) is None]
+    assert not unexplained, f"mounts in the container that nothing explains: {unexplained}"
+    assert [m["point"] for m in mounts if m["point"] == "/"] == ["/"]
+    channel_mounts = [m for m in mounts if m["point"] == "/run/sandboxkit"]
+    if channel == "attach":
+        assert channel_mounts == []
+    else:
+        assert len(channel_mounts) == 1
+        # Empty once the driver has connected: the socket is gone, and the directory can't be listed.
+        assert seen["probes"]["stat socket"] == ["FileNotFoundError"]
+        assert seen["probes"]["list"][0] in {"PermissionError", "FileNotFoundError"} or \
+            seen["probes"]["list"] == ["ok", "[]"]
