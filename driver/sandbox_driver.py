@@ -959,15 +959,16 @@ def _jsonable(value):
 
 
 def _bounded_args(exc, limit):
-    """The exception's args as a JSON-compatible list of at most about ``limit`` bytes of JSON.
+    """The exception's args as a JSON-compatible list, at most about ``2 * limit`` bytes of JSON.
 
-    Long strings are cut to ``limit`` characters; once the budget is spent the rest is left out.
+    Long strings (and stand-ins) are cut to ``limit`` characters; once the budget is spent the
+    remaining args are left out.
     """
     try:
         args = exc.args
         if not isinstance(args, tuple):
             return []
-        result, budget = [], limit
+        result, budget = [], 2 * limit + 1024
         for arg in args:
             if isinstance(arg, str):
                 item = arg[:limit]
