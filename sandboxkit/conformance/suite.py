@@ -481,7 +481,8 @@ class OutputLimitSuite(SuiteBase):
         limit = 100_000
         interp = make_interpreter(output_limit=limit)
         interp.execute(code("""
-            import os, threading, time
+            import os, resource, threading, time
+            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             def flood():
                 time.sleep(0.2)  # after this execute has returned: the sandbox is idle
                 chunk = b"f" * (1 << 20)
@@ -492,8 +493,18 @@ class OutputLimitSuite(SuiteBase):
         """))
         time.sleep(1.5)  # the flood happens while no execute runs
         result = interp.execute(code("""
-            flooder.join()
-            pending = os.fstat(1).st_size  # what the sandbox still holds of the flood
+            flooder.join()  # returns only if the flood was drained (or stored) while idle
+            import fcntl, stat, struct, termios
+            def pending_output():  # bytes of output waiting in the capture (a file or a pipe)
+                mode = os.fstat(1).st_mode
+                if stat.S_ISREG(mode):
+                    return os.fstat(1).st_size
+                if stat.S_ISFIFO(mode):
+                    return struct.unpack("i", fcntl.ioctl(1, termios.FIONREAD, b"\\0" * 4))[0]
+                return 0
+            # What the sandbox still holds of the flood, on disk, in its capture or in memory.
+            pending = pending_output() + 1024 * max(
+                0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before)
             print('next')
         """))
         # Output between executes counts toward the next one, within its limit.
