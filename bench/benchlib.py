@@ -6,8 +6,9 @@ module holds what they have in common:
 * :class:`Row`, one line of a results table, with its target and sample counts;
 * :class:`Side`, an implementation under test with the interpreters its samples keep running;
 * the samplers every benchmark shares (``execute``, ``execute after idle``, ``tool``,
-  ``tool per call``) and :func:`time_start`;
-* :func:`measure`, the block-interleaved measuring loop, :func:`summarize` and :func:`verdict`;
+  ``tool after idle``, ``tool per call``) and :func:`time_start`;
+* :func:`measure`, the block-interleaved measuring loop, :func:`summarize`, :func:`verdict` and
+  :func:`compare` (the verdicts on the median and, for rows with a mean target, the mean);
 * :func:`run_rows`, which fills a results dict row by row;
 * the pieces of the printed report (:func:`header_lines`, :func:`table_lines`,
   :func:`spread_lines`, :func:`summary_lines`) and the environment helpers;
@@ -41,6 +42,8 @@ __all__ = [
     "Side",
     "base_environment",
     "check_execute",
+    "compare",
+    "comparison_cells",
     "distribution_version",
     "echo",
     "expect",
@@ -53,6 +56,7 @@ __all__ = [
     "sample_execute",
     "sample_execute_idle",
     "sample_tool",
+    "sample_tool_idle",
     "sample_tool_per_call",
     "sandboxkit_version",
     "spread_lines",
@@ -88,6 +92,9 @@ class Row:
     block: int = 1
     #: The name of the side ours is compared with, for benchmarks whose baseline varies by row.
     baseline: str | None = None
+    #: A target on the means as well: ours' mean / baseline's mean must be <= this. Rows with one
+    #: are reported with a second line for the means.
+    mean_limit: float | None = None
 
     @property
     def target_text(self) -> str:
@@ -185,6 +192,11 @@ def sample_tool(side: Side, state: dict[str, Any]) -> float:
     return ms
 
 
+def sample_tool_idle(side: Side, state: dict[str, Any]) -> float:
+    time.sleep(IDLE_MS / 1000.0)
+    return sample_tool(side, state)
+
+
 def sample_tool_per_call(side: Side, state: dict[str, Any]) -> float:
     interp = state.get("interp") or state.setdefault("interp", side.running())
     code = f"n = 0\nfor _ in range({TOOL_LOOP_CALLS}):\n    n += f(1)\nn"
@@ -270,6 +282,19 @@ def verdict(row: Row, ours_ms: float, baseline_ms: float) -> tuple[float, str]:
     return ratio, "info"
 
 
+def compare(row: Row, ours: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """The verdict fields of a results entry for two sides' :func:`summarize` statistics:
+    ``ratio``, ``target`` and ``result`` on the medians (see :func:`verdict`) and, when the row
+    has a ``mean_limit``, ``mean`` with the same three fields on the means."""
+    ratio, result = verdict(row, ours["median_ms"], baseline["median_ms"])
+    fields: dict[str, Any] = {"ratio": ratio, "target": row.target_text, "result": result}
+    if row.mean_limit is not None:
+        mean_ratio = ours["mean_ms"] / baseline["mean_ms"] if baseline["mean_ms"] > 0 else float("inf")
+        fields["mean"] = {"ratio": mean_ratio, "target": f"<= {row.mean_limit:g}x",
+                          "result": "PASS" if mean_ratio <= row.mean_limit else "FAIL"}
+    return fields
+
+
 def run_rows(
     results: dict[str, Any],
     rows: Iterable[Row],
@@ -342,9 +367,26 @@ def header_lines(results: dict[str, Any], what: str, details: Sequence[str] = ()
         f"sandboxkit {env['sandboxkit']}" + (f" ({env['commit']})" if env.get("commit") else "") + what,
         *details,
         f"{env['date']}; Python {env['python']}; {env['cpus']} CPUs; {env['platform']}",
-        "medians of samples interleaved in short blocks" + (" (QUICK RUN: too few samples to rely on)" if results["quick"] else ""),
+        "medians (and means, on the lines marked so) of samples interleaved in short blocks" + (" (QUICK RUN: too few samples to rely on)" if results["quick"] else ""),
         "",
     ]
+
+
+def comparison_cells(entry: dict[str, Any], ours: str, vs: str) -> list[tuple[str, ...]]:
+    """The table lines of a results entry: :func:`median_cells`, then, for an entry with a
+    ``mean`` verdict (see :func:`compare`), the means' line, labelled "<label>, mean"."""
+    lines = [median_cells(entry, ours, vs)]
+    mean = entry.get("mean")
+    if mean is not None:
+        lines.append((
+            entry["label"] + ", mean",
+            f"{entry[ours]['mean_ms']:.3f}",
+            f"{entry[vs]['mean_ms']:.3f}",
+            f"{mean['ratio']:.3f}x",
+            mean["target"],
+            mean["result"],
+        ))
+    return lines
 
 
 def median_cells(entry: dict[str, Any], ours: str, vs: str) -> tuple[str, ...]:
@@ -391,10 +433,15 @@ def spread_lines(
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
-    """How many targets were met (naming those missed) and how long the run took."""
-    entries = results["rows"].values()
-    failed = [entry["label"] for entry in entries if entry["result"] == "FAIL"]
-    checked = [entry for entry in entries if entry["result"] in ("PASS", "FAIL")]
+    """How many targets were met (naming those missed; a mean's as "<label>, mean") and how long
+    the run took."""
+    verdicts = []
+    for entry in results["rows"].values():
+        verdicts.append((entry["label"], entry["result"]))
+        if entry.get("mean") is not None:
+            verdicts.append((entry["label"] + ", mean", entry["mean"]["result"]))
+    failed = [label for label, result in verdicts if result == "FAIL"]
+    checked = [label for label, result in verdicts if result in ("PASS", "FAIL")]
     summary = (
         f"targets: {len(checked) - len(failed)} of {len(checked)} met"
         + (f"; MISSED: {', '.join(failed)}" if failed else "")

@@ -58,8 +58,18 @@ def test_quick_run_prints_each_timed_row_with_medians_and_ratio(quick_run) -> No
         cells = matching[0][len(label):].split()
         row = results["rows"][key]
         assert cells == [f"{row['modal']['median_ms']:.3f}", f"{row['vs']['median_ms']:.3f}",
-                         f"{row['ratio']:.3f}x", "-", "info"], matching[0]
+                         f"{row['ratio']:.3f}x", "<=", "1x", row["result"]], matching[0]
         assert row["ratio"] == pytest.approx(row["modal"]["median_ms"] / row["vs"]["median_ms"])
+        assert row["result"] == ("PASS" if row["ratio"] <= 1.0 else "FAIL")
+        # The means: a line of their own, against the same target.
+        mean = row["mean"]
+        assert mean["ratio"] == pytest.approx(row["modal"]["mean_ms"] / row["vs"]["mean_ms"])
+        assert mean["result"] == ("PASS" if mean["ratio"] <= 1.0 else "FAIL")
+        mean_lines = [line for line in lines if line.startswith(label + ", mean  ")]
+        assert len(mean_lines) == 1, f"no mean line for {label!r}"
+        assert mean_lines[0][len(label + ", mean"):].split() == [
+            f"{row['modal']['mean_ms']:.3f}", f"{row['vs']['mean_ms']:.3f}", f"{mean['ratio']:.3f}x", "<=", "1x",
+            mean["result"]]
         for side in ("modal", "vs"):
             stats = row[side]
             assert stats["n"] == len(stats["samples_ms"]) >= 1, key
@@ -85,4 +95,5 @@ def test_quick_run_reports_document_bytes_sent_once_against_every_time(quick_run
     assert f"  sandboxkit  {ours:>13,} B  ({ours / DOCUMENT:.2f} documents;" in stdout
     assert f"  tutorial    {theirs:>13,} B  ({theirs / DOCUMENT:.2f} documents;" in stdout
     assert f"  ratio sandboxkit/tutorial {row['ratio']:.3f}x; target < 1.5 documents: PASS" in stdout
-    assert "targets: 1 of 1 met" in stdout
+    # The document target, plus a median and a mean target for each timed row.
+    assert any(line.startswith("targets: ") and " of 5 met" in line for line in stdout.splitlines())

@@ -26,11 +26,14 @@ ROW_LABELS = (
     "execute x += 1",
     "execute x += 1 after 20 ms idle",
     "tool call f(1), whole execute",
+    "tool call f(1) after 20 ms idle",
     "tool per call (100 in one execute)",
     "10 MB variable, first execute",
     "10 MB variable, repeated execute",
 )
-ROW_KEYS = ("start", "execute", "execute_idle", "tool", "tool_per_call", "doc_first", "doc_repeated")
+ROW_KEYS = ("start", "execute", "execute_idle", "tool", "tool_idle", "tool_per_call", "doc_first", "doc_repeated")
+#: Rows with a target on the means too (a second line, "<label>, mean"), and that target.
+MEAN_TARGETS = {"execute": "<= 0.5x", "execute_idle": "<= 0.8x", "tool": "<= 0.5x", "tool_idle": "<= 0.8x"}
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +52,10 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
 
 
 def test_quick_run_prints_every_row_with_both_medians_and_a_verdict(quick_run) -> None:
-    completed, _ = quick_run
+    completed, results = quick_run
     lines = completed.stdout.splitlines()
-    for label in ROW_LABELS:
+    mean_labels = [results["rows"][key]["label"] + ", mean" for key in MEAN_TARGETS]
+    for label in ROW_LABELS + tuple(mean_labels):
         matching = [line for line in lines if line.startswith(label + "  ")]
         assert len(matching) == 1, f"row {label!r} missing from:\n{completed.stdout}"
         cells = matching[0][len(label):].split()
@@ -61,6 +65,24 @@ def test_quick_run_prints_every_row_with_both_medians_and_a_verdict(quick_run) -
         assert cells[-1] in {"PASS", "FAIL", "info"}
     assert "QUICK RUN" in completed.stdout
     assert "targets:" in completed.stdout
+
+
+def test_quick_run_reports_the_means_of_the_round_trips_against_their_targets(quick_run) -> None:
+    completed, results = quick_run
+    lines = completed.stdout.splitlines()
+    for key, target in MEAN_TARGETS.items():
+        row = results["rows"][key]
+        ours, theirs = row["sandboxkit"], row["LocalInterpreter"]
+        assert ours["mean_ms"] == pytest.approx(sum(ours["samples_ms"]) / ours["n"])
+        assert row["mean"]["ratio"] == pytest.approx(ours["mean_ms"] / theirs["mean_ms"])
+        assert row["mean"]["target"] == target
+        assert row["mean"]["result"] == ("PASS" if row["mean"]["ratio"] <= float(target[3:-1]) else "FAIL")
+        line = [line for line in lines if line.startswith(row["label"] + ", mean  ")]
+        assert len(line) == 1, key
+        assert line[0].split()[-6:] == [f"{ours['mean_ms']:.3f}", f"{theirs['mean_ms']:.3f}",
+                                        f"{row['mean']['ratio']:.3f}x", *target.split(), row["mean"]["result"]]
+    verdicts = sum(1 for row in results["rows"].values() if row["result"] in ("PASS", "FAIL")) + len(MEAN_TARGETS)
+    assert any(line.startswith("targets: ") and f" of {verdicts} met" in line for line in lines)
 
 
 def test_quick_run_writes_json_with_every_measurement(quick_run) -> None:
