@@ -1,16 +1,24 @@
 """One Modal Sandbox running the driver, as a :class:`sandboxkit.SandboxProcess`.
 
-The driver runs as an exec in the sandbox. The SDK delivers its output as an iterator; a pump
-thread per stream copies it into a local pipe, so the core reads stdout from a file descriptor.
-Writes go to the exec's stdin and are drained at once. ``kill`` terminates the whole sandbox.
+The driver runs as an exec in the sandbox. The host side talks to it through three local pipes,
+so the core reads and writes file descriptors: ``stdin``, ``stdout`` and ``stderr`` are the
+host's ends. Three pumps, coroutines on the SDK's own event loop, move the bytes between those
+pipes and the exec: stdout and stderr chunks are written into their pipes as the SDK receives
+them, and what the host writes into the stdin pipe is sent to the exec and drained. Running the
+pumps on the loop that does the SDK's network I/O means no thread sits between the SDK and the
+host: a reply costs one wake-up of the reading thread, as it would reading the SDK's iterator
+directly, and a write costs the host one ``write`` on a pipe. The pumps never block the loop:
+they wait for the pipes with ``add_reader``/``add_writer``. ``kill`` terminates the whole sandbox.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from sandboxkit.backend import SandboxProcess
 
@@ -18,52 +26,133 @@ __all__ = ["ModalSandboxProcess"]
 
 #: How long to wait for Modal to report the end of a sandbox whose driver exec vanished (s).
 _SANDBOX_END_PATIENCE = 3.0
+#: The most the stdin pump sends in one drain; below both of the SDK's stdin buffer limits.
+_STDIN_CHUNK = 1 << 20
+#: Pipe capacity asked for (Linux), so a large message crosses in few turns of the pumps.
+_PIPE_SIZE = 1 << 20
+#: How long ``kill`` waits for the pumps to finish after terminating the sandbox (s).
+_PUMP_PATIENCE = 5.0
+
+_private_loop_lock = threading.Lock()
+_private_loop: asyncio.AbstractEventLoop | None = None
 
 
-class _ExecStdin:
-    """The exec's stdin as a binary file: each flush drains what was written to the sandbox."""
+def _sdk_loop() -> asyncio.AbstractEventLoop:
+    """The event loop the modal SDK runs its I/O on, started if need be.
 
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
+    On a loop of its own the SDK's async interface runs inline, with no thread hop. If this SDK
+    version does not expose that loop, a private loop thread is used instead (the SDK then hands
+    each call over to its own loop, which is slower but equally correct)."""
+    try:
+        from modal._utils.async_utils import synchronizer
+
+        loop = synchronizer._get_loop(start=True)
+        if isinstance(loop, asyncio.AbstractEventLoop) and loop.is_running():
+            return loop
+    except Exception:
+        pass
+    global _private_loop
+    with _private_loop_lock:
+        if _private_loop is None or _private_loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="sandboxkit-modal-io", daemon=True).start()
+            _private_loop = loop
+        return _private_loop
+
+
+def _pipe() -> tuple[int, int]:
+    read_end, write_end = os.pipe()
+    try:
+        import fcntl
+
+        fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
+    except (ImportError, OSError):
+        pass  # the default capacity only costs more turns of the pumps
+    return read_end, write_end
+
+
+async def _until(loop: asyncio.AbstractEventLoop, fd: int, writable: bool) -> None:
+    """Wait, without blocking the loop, until ``fd`` is readable (or writable)."""
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    (loop.add_writer if writable else loop.add_reader)(fd, wake)
+    try:
+        await ready
+    finally:
+        (loop.remove_writer if writable else loop.remove_reader)(fd)
+
+
+class _Fd:
+    """A descriptor that a pump uses and ``kill`` may close from another thread: every use and
+    the close hold one lock, so a closed number (perhaps reused by then) is never touched."""
+
+    def __init__(self, fd: int, lock: threading.Lock) -> None:
+        self.fd = fd
+        self._lock = lock
         self.closed = False
 
-    def write(self, data: bytes) -> int:
-        if self.closed:
-            raise ValueError("write to closed stdin")
-        try:
-            self._stream.write(data)
-        except Exception as exc:  # the SDK's errors when the sandbox is gone
-            raise OSError(f"the Modal sandbox no longer accepts input: {exc}") from exc
-        return len(data)
-
-    def flush(self) -> None:
-        try:
-            self._stream.drain()
-        except Exception as exc:
-            raise OSError(f"the Modal sandbox no longer accepts input: {exc}") from exc
+    def call(self, operation: Callable[[int], Any]) -> Any:
+        """``operation(fd)`` under the lock; raises BrokenPipeError once the descriptor is closed."""
+        with self._lock:
+            if self.closed:
+                raise BrokenPipeError("closed by sandboxkit")
+            return operation(self.fd)
 
     def close(self) -> None:
-        if not self.closed:
+        with self._lock:
+            if self.closed:
+                return
             self.closed = True
             try:
-                self._stream.write_eof()
-                self._stream.drain()
-            except Exception:
+                os.close(self.fd)
+            except OSError:
                 pass
 
 
-def _pump(source: Any, fd: int, close: Any) -> None:
-    """Copy an SDK output stream into a pipe until it ends, then close the pipe (via ``close``)."""
+async def _pump_output(source: Any, sink: _Fd) -> None:
+    """Copy an SDK output stream into a pipe until either ends, then close the pipe."""
+    loop = asyncio.get_running_loop()
     try:
-        for chunk in source:
+        async for chunk in source:
             data = chunk.encode("utf-8", "surrogateescape") if isinstance(chunk, str) else bytes(chunk)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
-    except Exception:
-        pass  # the stream broke: the sandbox is gone, which the reader sees as EOF
+                try:
+                    view = view[sink.call(lambda fd: os.write(fd, view)):]
+                except BlockingIOError:  # the host has not read yet: wait for room, not in the loop
+                    await _until(loop, sink.fd, writable=True)
+    except (Exception, asyncio.CancelledError):
+        pass  # the stream broke (the sandbox is gone) or kill cancelled us: the reader sees EOF
     finally:
-        close(fd)
+        sink.close()
+
+
+async def _pump_input(source: _Fd, writer: Any) -> None:
+    """Send what the host writes into the stdin pipe to the exec, draining each piece, until the
+    host closes its end (then send EOF). If the exec stops accepting input, close the pipe, so
+    the host's writes fail with EPIPE instead of filling it."""
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            try:
+                data = source.call(lambda fd: os.read(fd, _STDIN_CHUNK))
+            except BlockingIOError:
+                await _until(loop, source.fd, writable=False)
+                continue
+            if not data:
+                writer.write_eof()
+                await writer.drain.aio()
+                return
+            writer.write(data)
+            await writer.drain.aio()
+    except (Exception, asyncio.CancelledError):
+        pass
+    finally:
+        source.close()
 
 
 class ModalSandboxProcess(SandboxProcess):
@@ -72,35 +161,27 @@ class ModalSandboxProcess(SandboxProcess):
     def __init__(self, sandbox: Any, exec_process: Any) -> None:
         self.sandbox = sandbox
         self._exec = exec_process
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        self.stdin = _ExecStdin(exec_process.stdin)  # type: ignore[assignment]
+        #: The SDK's stdin writer of the exec: everything sent to the sandbox passes its ``write``.
+        self.exec_stdin = exec_process.stdin
+        self._fd_lock = threading.Lock()
+        in_r, in_w = _pipe()
+        out_r, out_w = _pipe()
+        err_r, err_w = _pipe()
+        for fd in (in_r, out_w, err_w):  # the pumps' ends: they wait on the loop, never block it
+            os.set_blocking(fd, False)
+        self._pump_ends = [_Fd(fd, self._fd_lock) for fd in (in_r, out_w, err_w)]
+        self.stdin = os.fdopen(in_w, "wb")
         self.stdout = os.fdopen(out_r, "rb", buffering=0)
         # Unbuffered: closing it never waits for a reader blocked on it.
         self.stderr = os.fdopen(err_r, "rb", buffering=0)
-        self._write_ends = {out_w, err_w}
-        self._write_lock = threading.Lock()
-        self._pumps = [
-            threading.Thread(target=_pump, args=(exec_process.stdout, out_w, self._close_write_end),
-                             name="sandboxkit-modal-out", daemon=True),
-            threading.Thread(target=_pump, args=(exec_process.stderr, err_w, self._close_write_end),
-                             name="sandboxkit-modal-err", daemon=True),
+        loop = _sdk_loop()
+        self._pumps: list[concurrent.futures.Future[None]] = [
+            asyncio.run_coroutine_threadsafe(_pump_input(self._pump_ends[0], self.exec_stdin), loop),
+            asyncio.run_coroutine_threadsafe(_pump_output(exec_process.stdout, self._pump_ends[1]), loop),
+            asyncio.run_coroutine_threadsafe(_pump_output(exec_process.stderr, self._pump_ends[2]), loop),
         ]
-        for pump in self._pumps:
-            pump.start()
         self._terminated = False
         self._lock = threading.Lock()
-
-    def _close_write_end(self, fd: int) -> None:
-        """Close one pipe write end exactly once (the pump when its stream ends, or kill)."""
-        with self._write_lock:
-            if fd not in self._write_ends:
-                return
-            self._write_ends.discard(fd)
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
     def poll(self) -> int | None:
         try:
@@ -135,17 +216,19 @@ class ModalSandboxProcess(SandboxProcess):
                 return
             self._terminated = True
         try:
-            self.stdin.close()
+            self.stdin.close()  # the input pump sends EOF, if the sandbox still listens
         except Exception:
             pass
         try:
             self.sandbox.terminate()
         except Exception:
             pass  # already gone (timed out or terminated elsewhere)
+        # The sandbox's end ends the pumps; one that hangs in the SDK is cancelled.
+        concurrent.futures.wait(self._pumps, timeout=_PUMP_PATIENCE)
         for pump in self._pumps:
-            pump.join(timeout=5)
-        for fd in list(self._write_ends):  # a pump that did not finish: end its pipe ourselves
-            self._close_write_end(fd)
+            pump.cancel()
+        for end in self._pump_ends:  # a pump that did not finish: end its pipe ourselves
+            end.close()
         for stream in (self.stdout, self.stderr):
             try:
                 stream.close()
