@@ -86,7 +86,8 @@ class NiceProcess(SandboxProcess):
 class NiceBackend(Backend):
     name = "nice"
     description = "a local Python process at low CPU priority (not a security boundary)"
-    capabilities = frozenset({Capability.ISOLATED_ENV, Capability.CHILD_PROCESSES, Capability.SCRATCH_DIR})
+    # Not ISOLATED_ENV: a process running as the host's user can read the host's /proc/PID/environ.
+    capabilities = frozenset({Capability.CHILD_PROCESSES, Capability.SCRATCH_DIR})
     Options = NiceOptions
     execution_instructions = (
         "Code runs as CPython with the standard library in a persistent local process. Variables, "
