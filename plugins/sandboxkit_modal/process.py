@@ -30,8 +30,8 @@ _SANDBOX_END_PATIENCE = 3.0
 _STDIN_CHUNK = 1 << 20
 #: Pipe capacity asked for (Linux), so a large message crosses in few turns of the pumps.
 _PIPE_SIZE = 1 << 20
-#: How long ``kill`` waits for the pumps to finish after terminating the sandbox (s).
-_PUMP_PATIENCE = 5.0
+#: How long ``kill`` waits for the cancelled pumps to let go of their pipes (s).
+_PUMP_PATIENCE = 1.0
 
 _private_loop_lock = threading.Lock()
 _private_loop: asyncio.AbstractEventLoop | None = None
@@ -155,6 +155,14 @@ async def _pump_input(source: _Fd, writer: Any) -> None:
         source.close()
 
 
+async def _signalling(pump: Any, done: threading.Event) -> None:
+    """Run ``pump``; set ``done`` once it has finished, cancelled or not."""
+    try:
+        await pump
+    finally:
+        done.set()
+
+
 class ModalSandboxProcess(SandboxProcess):
     """The driver exec inside one Modal Sandbox; killing it terminates the sandbox."""
 
@@ -175,10 +183,13 @@ class ModalSandboxProcess(SandboxProcess):
         # Unbuffered: closing it never waits for a reader blocked on it.
         self.stderr = os.fdopen(err_r, "rb", buffering=0)
         loop = _sdk_loop()
+        pumps = (_pump_input(self._pump_ends[0], self.exec_stdin),
+                 _pump_output(exec_process.stdout, self._pump_ends[1]),
+                 _pump_output(exec_process.stderr, self._pump_ends[2]))
+        self._pumps_done = [threading.Event() for _ in pumps]
         self._pumps: list[concurrent.futures.Future[None]] = [
-            asyncio.run_coroutine_threadsafe(_pump_input(self._pump_ends[0], self.exec_stdin), loop),
-            asyncio.run_coroutine_threadsafe(_pump_output(exec_process.stdout, self._pump_ends[1]), loop),
-            asyncio.run_coroutine_threadsafe(_pump_output(exec_process.stderr, self._pump_ends[2]), loop),
+            asyncio.run_coroutine_threadsafe(_signalling(pump, done), loop)
+            for pump, done in zip(pumps, self._pumps_done)
         ]
         self._terminated = False
         self._lock = threading.Lock()
@@ -216,17 +227,19 @@ class ModalSandboxProcess(SandboxProcess):
                 return
             self._terminated = True
         try:
-            self.stdin.close()  # the input pump sends EOF, if the sandbox still listens
+            self.stdin.close()
         except Exception:
             pass
         try:
             self.sandbox.terminate()
         except Exception:
             pass  # already gone (timed out or terminated elsewhere)
-        # The sandbox's end ends the pumps; one that hangs in the SDK is cancelled.
-        concurrent.futures.wait(self._pumps, timeout=_PUMP_PATIENCE)
+        # Killing never waits on the sandbox: the pumps are cancelled, whatever they wait for.
         for pump in self._pumps:
             pump.cancel()
+        deadline = time.monotonic() + _PUMP_PATIENCE
+        for done in self._pumps_done:
+            done.wait(max(0.0, deadline - time.monotonic()))
         for end in self._pump_ends:  # a pump that did not finish: end its pipe ourselves
             end.close()
         for stream in (self.stdout, self.stderr):
