@@ -208,10 +208,8 @@ class ContainerProcess(SandboxProcess):
             if self._exit_code is None:
                 self._inspect_exit()
             self._removed = True
-        try:
-            self.container.remove(force=True)
-        except Exception:
-            pass  # already gone (removed from outside); nothing left to leak
+        # Hang up first: the engine takes a long time to remove a container whose attach stream
+        # still holds output nobody reads (a sandbox flooding it), and a hung-up stream has none.
         self.stdin.close()
         for sock in (self.attach_socket, self._channel):
             if sock is not None:
@@ -223,6 +221,10 @@ class ContainerProcess(SandboxProcess):
                     sock.close()
                 except OSError:
                     pass
+        try:
+            self.container.remove(force=True)
+        except Exception:
+            pass  # already gone (removed from outside); nothing left to leak
         self._close_stderr()
         try:
             self.stderr.close()
