@@ -320,7 +320,8 @@ def test_tool_call_from_a_thread_between_executes_raises_there(make: Any) -> Non
         t.start()
     """))
     time.sleep(1.0)
-    assert "only while an execute is running" in interp.execute("t.join()\nerrors[0]") or True
+    error = interp.execute("t.join()\nerrors[0] if errors else 'no error'")
+    assert "execute" in error  # refused, because no execute runs (said by the driver or the host)
     assert interp.execute("f()") == "ok"
 
 
