@@ -242,13 +242,20 @@ class DriverSession:
                                    "code (e.g. a background thread) that outlived the execute that started it"))
             return
         def job() -> None:
-            if self._running_exec != exec_id or self._closed:
-                self._send(_tool_error(call_id, "RuntimeError", "the execute that made this tool call has ended"))
-                return
-            context = caller.copy()  # one copy per call: concurrent calls cannot share an entered context
-            context.run(self._run_tool_call, message, run_tool)
+            try:
+                if self._running_exec != exec_id or self._closed:
+                    self._send(_tool_error(call_id, "RuntimeError", "the execute that made this tool call has ended"))
+                    return
+                context = caller.copy()  # one copy per call: concurrent calls cannot share an entered context
+                context.run(self._run_tool_call, message, run_tool)
+            finally:
+                self._tool_finished()
 
+        # Counted from now, not from when a worker picks it up: this thread stops spinning at
+        # once, so the worker it wakes gets the interpreter lock without waiting for it.
+        self._tool_started()
         if not self._tools.submit(exec_id, job):
+            self._tool_finished()
             self._send(_tool_error(
                 call_id, "RuntimeError",
                 f"too many tool calls at once: {self._options.max_concurrent_tools} run and "
@@ -256,7 +263,6 @@ class DriverSession:
                 "wait for some to finish"))
 
     def _run_tool_call(self, message: dict[str, Any], run_tool: ToolRunner) -> None:
-        self._tool_started()
         self.tool_context.active = True
         try:
             reply = run_tool(message["name"], message["args"], message["kwargs"])
@@ -267,7 +273,6 @@ class DriverSession:
             return
         finally:
             self.tool_context.active = False
-            self._tool_finished()
         reply = {"type": "tool_result", "id": message["id"], **reply}
         try:
             data = json.dumps(reply, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
