@@ -121,7 +121,8 @@ def test_run_prints_submitted_fields_as_json():
 def test_run_code_error_exits_1():
     result = run_cli("run", "-c", "1/0")
     assert result.returncode == 1
-    assert "ZeroDivisionError: division by zero" in result.stderr
+    # Worded like DSPy's interpreters: the exception's name, then its arguments.
+    assert "ZeroDivisionError: ['division by zero']" in result.stderr
     assert result.stdout == ""
 
 
