@@ -129,8 +129,9 @@ class Backend(ABC):
     )
 
     #: Whether both ends should poll for a moment without sleeping before they block. It saves a
-    #: wake-up per message on a direct pipe; leave it off where a relay process (an engine, a
-    #: network proxy) carries the stream, since the relay needs the CPU the polling would take.
+    #: wake-up per message on a direct pipe; leave it off where a relay (an engine, a network
+    #: service, an SDK's thread) carries the stream, since the relay needs the CPU (and the
+    #: host's interpreter lock) the polling would take.
     poll_before_sleep: ClassVar[bool] = True
 
     def __init__(self, options: Any) -> None:

@@ -70,6 +70,8 @@ class DriverSession:
         self._tools = ToolQueue(options.max_concurrent_tools, options.max_queued_tools, label)
         self._tools_lock = threading.Lock()
         self._tools_running = 0
+        #: Whether the reader polls briefly before it sleeps (the backend's poll_before_sleep).
+        self._spin = True
         #: The execute whose tool calls may run now (None between executes).
         self._running_exec: str | None = None
         #: BaseExceptions raised by tools (e.g. KeyboardInterrupt), for the execute loop to re-raise.
@@ -89,9 +91,12 @@ class DriverSession:
         self._process = self._backend.launch(protocol.driver_argv(), {} if spin else {"SANDBOXKIT_SPIN_SECONDS": "0"})
         _live_sessions.add(self)
         self._reader = open_reader(self._process.stdout, self._limits, self._process.split_output)
+        # Both ends poll briefly before they sleep only where the backend says it pays: behind a
+        # network relay (Modal) an answer never comes within the moment, and the host's polling
+        # would take the interpreter lock from the SDK thread that carries the messages.
+        self._spin = spin
+        self._reader.spin = spin
         self._outbox = Outbox(self._process.stdin, self._label)
-        # The host side polls briefly either way (yielding the CPU as it does): a relay's answer
-        # often still comes within the moment. Only the driver's polling follows the backend.
         threading.Thread(target=self._read_stderr, name=f"sandboxkit-stderr-{self._label}", daemon=True).start()
         self._send(source)
         kind, payload = self._next_event(time.monotonic() + self._options.start_timeout)
@@ -292,7 +297,7 @@ class DriverSession:
     def _tool_finished(self) -> None:
         with self._tools_lock:
             self._tools_running -= 1
-            if self._tools_running == 0 and self._reader is not None:
+            if self._tools_running == 0 and self._reader is not None and self._spin:
                 self._reader.spin = True
                 # Wake the execute thread now, while the driver works on the reply, so it is
                 # already polling without sleep when the driver's next message comes.
