@@ -163,7 +163,8 @@ class SandboxInterpreter:
         if not isinstance(variables, dict):
             raise CodeInterpreterError("variables must be a dict mapping names to values")
         tools = dict(self._tools)
-        values.check_tool_names(tools)
+        if self._sent_tools is None or not _same_tools(tools, self._sent_tools):
+            values.check_tool_names(tools)
         values.check_variable_names(variables, tools)
         output_names = self._output_names()
         variables_json, blobs = self._cache.encode(variables)

@@ -91,6 +91,9 @@ def _structured(value: Any) -> Any:
 
 def tool_result_value(result: Any) -> Any:
     """What sandbox code receives for a tool's return value."""
+    kind = type(result)
+    if kind is str or kind is int or kind is bool:  # the common answers, already final
+        return result
     result = _structured(result)
     if result is None:
         return ""
@@ -150,6 +153,24 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
     return signature
 
 
+_plain_names: weakref.WeakKeyDictionary[Any, tuple[str, ...] | None] = weakref.WeakKeyDictionary()
+
+
+def _plain_parameters(fn: Callable[..., Any], signature: inspect.Signature) -> tuple[str, ...] | None:
+    """The parameter names when every parameter is plain positional-or-keyword, else None."""
+    try:
+        return _plain_names[fn]
+    except (KeyError, TypeError):
+        pass
+    kinds = {p.kind for p in signature.parameters.values()}
+    names = tuple(signature.parameters) if kinds <= {inspect.Parameter.POSITIONAL_OR_KEYWORD} else None
+    try:
+        _plain_names[fn] = names
+    except TypeError:
+        pass
+    return names
+
+
 def bind_tool_call(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     """Map a sandbox call's positional arguments onto the tool's parameter names.
 
@@ -160,6 +181,13 @@ def bind_tool_call(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, An
     signature = _signature(fn)
     if signature is None:
         return list(args), dict(kwargs)
+    names = _plain_parameters(fn, signature)
+    if names is not None and len(args) <= len(names) and not kwargs.keys() & names[: len(args)]:
+        # Plain parameters: positions name them; whatever is missing or unknown the call reports.
+        bound = dict(zip(names, args))
+        if kwargs.keys() <= set(names) and len(bound) + len(kwargs) == len(names):
+            bound.update(kwargs)
+            return [], bound
     bound = signature.bind(*args, **kwargs)
     call_args: list[Any] = []
     call_kwargs: dict[str, Any] = {}
