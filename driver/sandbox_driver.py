@@ -359,6 +359,7 @@ class OutputCapture(object):
     CHUNK = 1 << 16
     FLOW_INTERVAL = 0.01
     FLOOD_INTERVAL = 0.001
+    IDLE_INTERVAL = 0.1
     #: The most one drain reads before it lets the lock go (bounds collect() under a flood).
     DRAIN_BUDGET = 4 << 20
 
@@ -433,19 +434,24 @@ class OutputCapture(object):
         return total
 
     def _drain_loop(self):
+        # Wakes on a clock, never on a write: a thread woken by every print would cost each
+        # execute that prints two thread switches. Writers wait at most one interval when the
+        # pipe is full; collect() drains the rest at the end of the execute.
         _quiet_thread()
-        poller = _poll()
-        poller.register(self.read_fd, _POLLIN)
+        interval = self.FLOW_INTERVAL
         while True:
+            _sleep(interval)
             try:
-                poller.poll()  # block while nothing is written
-                got = 1
-                while got:
-                    _sleep(self.FLOW_INTERVAL if got < self.pipe_size // 2 else self.FLOOD_INTERVAL)
-                    with self.lock:
-                        got = self._drain(self.DRAIN_BUDGET)
+                with self.lock:
+                    got = self._drain(self.DRAIN_BUDGET)
             except Exception:
-                _sleep(self.FLOW_INTERVAL)
+                got = 0
+            if got >= self.pipe_size // 2:
+                interval = self.FLOOD_INTERVAL
+            elif got:
+                interval = self.FLOW_INTERVAL
+            else:
+                interval = min(interval * 2, self.IDLE_INTERVAL)
 
     def begin(self, limit):
         """Start a new execute's capture: output written since the last one counts toward it."""
@@ -729,7 +735,11 @@ class Driver(object):
         self.counter += 1
         filename = "%s%d>" % (_FILE_PREFIX, self.counter)
         # Registered so tracebacks (and inspect) show the user's source lines.
-        _linecache[filename] = (len(code), None, code.splitlines(True), filename)
+        lines = code.splitlines(True)
+        _linecache[filename] = (len(code), None, lines, filename)
+        quick = _split_last_statement(code, lines, filename)
+        if quick is not None:
+            return quick
         tree = compile(code, filename, "exec", _ONLY_AST)
         last = None
         if tree.body and isinstance(tree.body[-1], _Expr):
@@ -841,6 +851,42 @@ def _may_interrupt(frame):
             return code is _RUN_CODE or code is _WAIT_CODE
         frame = frame.f_back
     return False
+
+
+def _split_last_statement(code, lines, filename):
+    """(body, tail) compiled straight from source when the last statement begins on the last
+    line that starts in column 0, else None (then the caller parses the code to a tree).
+
+    Going through a tree costs about twice as much as compiling source. The split is taken only
+    when both parts compile on their own, so it is a boundary between top-level statements: a
+    line inside a bracket, a string or a compound statement leaves a part that does not compile.
+    """
+    index = len(lines) - 1
+    while index >= 0:
+        first = lines[index][:1]
+        if first and first not in " \t\r\n#":
+            break
+        index -= 1
+    if index < 0:
+        return None
+    tail_source = "\n" * index + "".join(lines[index:])  # keeps the line numbers
+    try:
+        tail = compile(tail_source, filename, "eval")
+    except SyntaxError:
+        tail = None
+        if ";" in lines[index]:  # "x = 1; x" ends in an expression after all
+            return None
+        try:  # a statement, not an expression: the whole code then has no value
+            compile(tail_source, filename, "exec")
+        except SyntaxError:
+            return None
+    try:
+        body = compile("".join(lines[:index]), filename, "exec")
+    except SyntaxError:
+        return None
+    if tail is None:
+        return compile(code, filename, "exec"), None
+    return body, tail
 
 
 def _signature_check(names):

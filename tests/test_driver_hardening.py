@@ -383,3 +383,55 @@ def test_sandbox_dies_with_a_sigkilled_host(tmp_path: Any) -> None:
         if host.poll() is None:
             host.kill()
             host.wait()
+
+
+# -- compiling the code: the quick split agrees with the syntax tree -------------------------------
+def _driver_namespace() -> dict:
+    from sandboxkit_driver import driver_source
+
+    namespace = {"__name__": "sandboxkit_driver_under_test"}
+    exec(compile(driver_source(), "sandboxkit_driver.py", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "x = 1", "print(1)", "x += 1", "1 + 1", "a = 2\na * 3", "foo(\n 1\n)", "d = {\n 'a': 1,\n}\nd",
+        "if x:\n    y = 1\nelse:\n    y = 2\ny", "if x:\n    y\n", "s = '''\nabc\n'''\ns", "s = '''\nabc\n'''",
+        "x = [\n1]\nx", "def f():\n    return 1\nf()", "@dec\ndef g(): pass", "x = 1; x", "x = 1;", "a = 'b;c'",
+        "try:\n  1/0\nexcept Exception:\n  pass", "# only a comment\n\n", "x = 1 \\\n + 2\nx",
+        "print('a')\n# trailing\n\n", "for i in range(3):\n    pass\ni", "x = (1,\n2)", "lambda: 1",
+        "class A:\n  pass\nA", "s = '''\nx\n'''; s", "x = 1\n  # indented comment\nx",
+    ],
+)
+def test_the_quick_split_finds_the_same_final_expression_as_the_syntax_tree(source: str) -> None:
+    import ast
+
+    split = _driver_namespace()["_split_last_statement"]
+    quick = split(source, source.splitlines(True), "<test>")
+    if quick is None:
+        return  # the driver parses this one to a tree, as before
+    body, tail = quick
+    tree = ast.parse(source)
+    ends_in_expression = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
+    assert (tail is not None) == ends_in_expression
+    if tail is not None:
+        namespace = {"x": 5, "foo": lambda v: v, "print": lambda *a: None}
+        exec(body, namespace)
+        expected = {"x": 5, "foo": lambda v: v, "print": lambda *a: None}
+        exec(compile(ast.Module(tree.body[:-1], []), "<t>", "exec"), expected)
+        assert repr(eval(tail, namespace))[:40].split(" at ")[0] == \
+            repr(eval(compile(ast.Expression(tree.body[-1].value), "<t>", "eval"), expected))[:40].split(" at ")[0]
+
+
+def test_the_quick_split_keeps_line_numbers() -> None:
+    split = _driver_namespace()["_split_last_statement"]
+    source = "a = 1\nb = 2\n1 / 0"
+    body, tail = split(source, source.splitlines(True), "<test>")
+    try:
+        eval(tail, {})
+    except ZeroDivisionError as exc:
+        assert exc.__traceback__.tb_next.tb_lineno == 3
+    else:
+        pytest.fail("the tail did not raise")
