@@ -848,12 +848,13 @@ class _RecordingCallback(BaseCallback):
 class CallbackScenarios(_SandboxFixture):
     """DSPy's interpreter callbacks (``on_interpreter_*``) fire as for DSPy's own interpreters."""
 
-    @pytest.fixture(autouse=True)
-    def _needs_interpreter_callbacks(self) -> None:
+    @staticmethod
+    def _needs_interpreter_callbacks() -> None:
         if not hasattr(BaseCallback, "on_interpreter_execute_start"):
             pytest.skip(f"DSPy {dspy.__version__} has no interpreter callbacks")
 
     def test_instance_callbacks_fire_for_every_operation(self, dspy_sandbox: DSPySandbox) -> None:
+        self._needs_interpreter_callbacks()
         recorder = _RecordingCallback()
         interpreter = dspy_sandbox.interpreter()
         interpreter.callbacks = [recorder]
@@ -877,6 +878,7 @@ class CallbackScenarios(_SandboxFixture):
         assert all(detail is None or "unmatched" not in str(detail) for detail in recorder.of("shutdown", "end"))
 
     def test_global_callbacks_fire_inside_rlm(self, dspy_sandbox: DSPySandbox) -> None:
+        self._needs_interpreter_callbacks()
         recorder = _RecordingCallback()
 
         def lookup(key: str) -> str:
