@@ -17,6 +17,8 @@ from sandboxkit.errors import OptionError
 
 __all__ = ["SessionOptions", "build_options", "split_options"]
 
+#: Longer than any deadline a timer can hold (a year): "forever" is spelled None.
+_FOREVER = 365 * 24 * 3600.0
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _NONE = {"none", "null", ""}
@@ -46,11 +48,11 @@ class SessionOptions:
     max_queued_tools: int = 256
 
     def __post_init__(self) -> None:
-        if self.timeout is not None and self.timeout <= 0:
-            raise OptionError("option 'timeout' must be a positive number of seconds, or None for no limit")
+        if self.timeout is not None and not 0 < self.timeout < _FOREVER:
+            raise OptionError("option 'timeout' must be a positive, finite number of seconds, or None for no limit")
         for name in ("grace", "start_timeout"):
-            if getattr(self, name) <= 0:
-                raise OptionError(f"option '{name}' must be a positive number of seconds")
+            if not 0 < getattr(self, name) < _FOREVER:
+                raise OptionError(f"option '{name}' must be a positive, finite number of seconds")
         for name in ("output_limit", "max_message_bytes"):
             if getattr(self, name) < 1024:
                 raise OptionError(f"option '{name}' must be at least 1024 bytes")
