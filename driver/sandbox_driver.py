@@ -116,12 +116,19 @@ _decoder = json.decoder.JSONDecoder()
 _scan = _c_make_scanner(_decoder) if _c_make_scanner is not None else _decoder.scan_once
 
 
+# Without a markers dict the C encoder keeps no state, so one instance serves every thread; a
+# cyclic value then ends in RecursionError instead of ValueError, which callers treat alike.
+_c_encoders = {
+    allow_nan: _c_make_encoder(None, _unserializable, _encode_string, None, ":", ",", False, False, allow_nan)
+    for allow_nan in (True, False)
+} if _c_make_encoder is not None else None
+
+
 def _dumps(value, allow_nan=True):
     """Compact JSON text of ``value``; TypeError/ValueError/RecursionError when it has none."""
-    if _c_make_encoder is None:
+    if _c_encoders is None:
         return _py_encoders[allow_nan](value)
-    encode = _c_make_encoder({}, _unserializable, _encode_string, None, ":", ",", False, False, allow_nan)
-    return "".join(encode(value, 0))
+    return "".join(_c_encoders[allow_nan](value, 0))
 
 
 def _loads(text):
@@ -853,6 +860,9 @@ def _may_interrupt(frame):
     return False
 
 
+_NOTHING = compile("", "<sandbox>", "exec")
+
+
 def _split_last_statement(code, lines, filename):
     """(body, tail) compiled straight from source when the last statement begins on the last
     line that starts in column 0, else None (then the caller parses the code to a tree).
@@ -880,8 +890,9 @@ def _split_last_statement(code, lines, filename):
             compile(tail_source, filename, "exec")
         except SyntaxError:
             return None
+    head = "".join(lines[:index])
     try:
-        body = compile("".join(lines[:index]), filename, "exec")
+        body = compile(head, filename, "exec") if head.strip() else _NOTHING
     except SyntaxError:
         return None
     if tail is None:
