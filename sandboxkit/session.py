@@ -38,6 +38,8 @@ _STDERR_TAIL_BYTES = 16 * 1024
 #: How long close() lets the driver exit by itself before the sandbox is killed (seconds).
 _EXIT_PATIENCE = 1.0
 _live_sessions: weakref.WeakSet[DriverSession] = weakref.WeakSet()
+#: Encodes tool replies; one instance (json.dumps would build one per call, on the hot path).
+_REPLY_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
 @atexit.register
@@ -280,7 +282,7 @@ class DriverSession:
             self.tool_context.active = False
         reply = {"type": "tool_result", "id": message["id"], **reply}
         try:
-            data = json.dumps(reply, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
+            data = _REPLY_ENCODER.encode(reply).encode("utf-8", "surrogatepass") + b"\n"
         except (TypeError, ValueError) as exc:
             data = _tool_error(message["id"], "TypeError", f"tool result is not JSON-compatible: {exc}")
         self._send(data)
