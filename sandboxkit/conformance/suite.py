@@ -536,6 +536,13 @@ class ErrorSuite(SuiteBase):
         assert "division by zero" in str(info.value)
         assert interp.execute("kept") == "yes"
 
+    def test_exception_arguments_are_named_as_dspy_names_them(self, interp: Any) -> None:
+        with pytest.raises(CodeExecutionError, match=r"ValueError: \[918273\]"):
+            interp.execute("raise ValueError(918273)")
+        with pytest.raises(CodeExecutionError, match=r"KeyError: \['missing'\]"):
+            interp.execute("{}['missing']")
+        assert_clean(interp)
+
     def test_name_error(self, interp: Any) -> None:
         with pytest.raises(CodeExecutionError) as info:
             interp.execute("undefined_name_42 + 1")
@@ -625,6 +632,11 @@ class SubmitSuite(SuiteBase):
         assert "answer" in str(info.value) and "confidence" in str(info.value)
         assert submitter.execute("kept") == "here"
         assert submitter.execute('SUBMIT("fine", 1.0)') == FinalOutput({"answer": "fine", "confidence": 1.0})
+
+    def test_too_few_values_are_worded_as_python_words_them(self, submitter: Any) -> None:
+        with pytest.raises(CodeExecutionError) as info:
+            submitter.execute("SUBMIT('only')")
+        assert "missing 1 required positional argument: 'confidence'" in str(info.value)
 
     def test_nothing_runs_after_submit(self, submitter: Any) -> None:
         result = submitter.execute(code("""
@@ -899,6 +911,7 @@ class VariableSuite(SuiteBase):
         with pytest.raises(CodeInterpreterError) as info:
             interp.execute("1", {name: 1})
         assert_fatal(info.value)
+        assert f"Invalid variable name: {name!r}" in str(info.value)  # DSPy's wording
         assert interp.execute("kept") == 3
 
     def test_tool_name_is_refused(self, interp: Any) -> None:
