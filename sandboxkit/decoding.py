@@ -19,8 +19,10 @@ from sandboxkit.protocol import Violation
 
 __all__ = ["MessageLimits", "decode"]
 
-# A JSON string, escapes included (unrolled so that long strings match in one fast run).
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A JSON string, escapes included (unrolled so that long strings match in one fast run). The
+# closing quote is optional so that a started match never fails: an unterminated string would
+# otherwise make the scan retry from every later quote, quadratic in the line's length.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?')
 _NOT_BRACKET = re.compile(rb"[^\[\]{}]")
 _DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
@@ -44,7 +46,9 @@ def decode(line: bytes, limits: MessageLimits) -> Any:
     if opens > limits.max_depth or opens + line.count(b",") >= limits.max_items:
         _check_structure(line, limits)
     try:
-        return json.loads(line)
+        # Strictly UTF-8 (as the driver writes): json.loads would also guess UTF-16 or UTF-32
+        # from raw bytes, which the byte counts above do not read correctly.
+        return json.loads(line.decode("utf-8", "surrogatepass"))
     except RecursionError:
         raise Violation(f"a message nested deeper than this host can decode (max_message_depth={limits.max_depth})") from None
     except (ValueError, UnicodeDecodeError):

@@ -31,6 +31,7 @@ class Outbox:
         self._ready = threading.Condition(self._lock)
         self._backlog: collections.deque[memoryview] = collections.deque()
         self._backlog_bytes = 0
+        self._taken = 0
         self._writer: threading.Thread | None = None
         self._closing = False
         #: Set once a write failed: the sandbox no longer reads (it is gone or closed its input).
@@ -60,6 +61,11 @@ class Outbox:
     def backlog_bytes(self) -> int:
         """Bytes sent but not yet taken by the sandbox."""
         return self._backlog_bytes
+
+    @property
+    def taken_bytes(self) -> int:
+        """Bytes the sandbox has taken so far (it reads while this grows)."""
+        return self._taken
 
     def send(self, *chunks: bytes) -> None:
         """Queue ``chunks`` to be written back to back, after everything sent before."""
@@ -107,7 +113,9 @@ class Outbox:
         for index, view in enumerate(views):
             while view:
                 try:
-                    view = view[os.write(self._fd, view):]
+                    written = os.write(self._fd, view)
+                    self._taken += written
+                    view = view[written:]
                 except BlockingIOError:
                     return [view, *views[index + 1:]]
                 except OSError:
@@ -150,6 +158,7 @@ class Outbox:
                     self._release()
                     return
                 self._backlog_bytes -= written
+                self._taken += written
                 while written and written >= len(self._backlog[0]):
                     written -= len(self._backlog.popleft())
                 if written:

@@ -74,6 +74,8 @@ class DriverSession:
         self._tools_running = 0
         #: Whether the reader polls briefly before it sleeps (the backend's poll_before_sleep).
         self._spin = True
+        #: Bytes the sandbox had taken at the last backlog check (see _check_backlog).
+        self._taken_at_check = -1
         #: The execute whose tool calls may run now (None between executes).
         self._running_exec: str | None = None
         #: BaseExceptions raised by tools (e.g. KeyboardInterrupt), for the execute loop to re-raise.
@@ -175,11 +177,16 @@ class DriverSession:
         # Unread replies beyond this mean the sandbox stopped reading while it kept calling.
         backlog_limit = len(request) + sum(len(blob) for blob in blobs) + self._options.max_message_bytes
         self._running_exec = exec_id
+        self._tool_interrupts.clear()  # from tools of an execute that has ended: too late now
+        self._taken_at_check = -1
         try:
             self._send(request, *blobs)
             interrupted = False
             while True:
                 kind, payload = self._next_event(deadline)
+                if self._tool_interrupts:
+                    self.close()
+                    raise self._tool_interrupts.popleft()
                 if self._closed:
                     raise SessionEndedError("the interpreter was shut down while this execute ran; "
                                             "create a new interpreter to continue")
@@ -199,10 +206,6 @@ class DriverSession:
                         stderr_tail=self.stderr_tail(),
                     )
                 if kind == "wake":
-                    if self._tool_interrupts:
-                        self.close()
-                        raise self._tool_interrupts.popleft()
-                    self._check_backlog(backlog_limit)
                     continue
                 if kind == "eof":
                     self._raise_died("during execute")
@@ -231,8 +234,13 @@ class DriverSession:
             job()  # a cancelled job only answers its call (see _accept_tool_call)
 
     def _check_backlog(self, limit: int) -> None:
+        """On each tool call: fail once more than ``limit`` bytes wait unread and the sandbox
+        took none of them since the previous call (a large reply it is reading is fine)."""
         outbox = self._outbox
-        if outbox is not None and outbox.backlog_bytes > limit:
+        if outbox is None:
+            return
+        taken, self._taken_at_check = self._taken_at_check, outbox.taken_bytes
+        if outbox.backlog_bytes > limit and taken == self._taken_at_check:
             self._fail_protocol(
                 f"the sandbox stopped reading the host's replies while it went on calling tools (more than "
                 f"max_message_bytes={self._options.max_message_bytes} unread)"
@@ -286,9 +294,6 @@ class DriverSession:
         except (TypeError, ValueError) as exc:
             data = _tool_error(message["id"], "TypeError", f"tool result is not JSON-compatible: {exc}")
         self._send(data)
-        outbox = self._outbox
-        if outbox is not None and not outbox.drained and self._reader is not None:
-            self._reader.wake()  # let the execute thread look at the backlog
 
     def _tool_started(self) -> None:
         with self._tools_lock:

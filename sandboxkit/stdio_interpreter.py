@@ -267,7 +267,7 @@ class SandboxInterpreter:
         limit = self.options.output_limit
         status = result["status"]
         output, cut = _cut(result["output"], limit)
-        output = _with_truncation_note(output, result["dropped"] + cut, limit)
+        output = _with_truncation_note(output, min(result["dropped"], _MOST_DROPPED) + cut, limit)
         if status == "final":
             return FinalOutput(result["fields"])
         if status == "ok":
@@ -296,6 +296,8 @@ class SandboxInterpreter:
         raise CodeExecutionError(message + _output_note(output))
 
 
+#: The most dropped bytes a result may claim (a petabyte; beyond, the count is not believed).
+_MOST_DROPPED = 1 << 50
 #: A str as a JSON string, non-ASCII kept (the C encoder where Python has it).
 _json_string = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
 

@@ -230,42 +230,74 @@ class _SplitStream:
 
 
 class ThreadedReader(MessageReader):
+    """Reads a stream without a descriptor on a thread of its own. At most :attr:`DEPTH` decoded
+    messages wait; then the thread stops reading, so a flooding sandbox meets backpressure
+    instead of filling the host's memory."""
+
+    DEPTH = 64
+
     def __init__(self, stream: IO[bytes], limits: MessageLimits, split: Splitter = _identity) -> None:
-        self._events: queue.Queue[Event] = queue.Queue()
+        self._events: queue.Queue[Event] = queue.Queue(self.DEPTH)
+        self._signals: queue.SimpleQueue[Event] = queue.SimpleQueue()  # wake-ups, never blocked
+        self._ready = threading.Semaphore(0)  # one release per event in either queue
+        self._closed = False
         source: Any = stream if split is _identity else _SplitStream(stream, split)
         threading.Thread(target=self._read, args=(source, limits), name="sandboxkit-stdout", daemon=True).start()
 
+    def _put(self, event: Event) -> None:
+        while not self._closed:
+            try:
+                self._events.put(event, timeout=0.5)  # waits for room; looks at close() now and then
+            except queue.Full:
+                continue
+            self._ready.release()
+            return
+
     def _read(self, stream: Any, limits: MessageLimits) -> None:
         try:
-            while True:
+            while not self._closed:
                 line = stream.readline(limits.max_bytes + 1)
                 if not line:
                     break
                 if not line.endswith(b"\n"):
                     if len(line) > limits.max_bytes:
-                        self._events.put(("violation", _too_long(limits)))
+                        self._put(("violation", _too_long(limits)))
                         return
                     break
                 event = _parse(line[:-1], limits)
-                self._events.put(event)
+                self._put(event)
                 if event[0] == "violation":
                     return
         except Exception:  # the stream broke under us: the sandbox is gone
             pass
-        self._events.put(("eof", None))
+        self._put(("eof", None))
 
     def next_event(self, deadline: float | None) -> Event:
+        if self._closed:
+            return "eof", None
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            event = self._events.get(timeout=wait)
-        except queue.Empty:
+        if not self._ready.acquire(timeout=wait):
             return "timeout", None
+        try:
+            return self._signals.get_nowait()
+        except queue.Empty:
+            pass
+        event = self._events.get_nowait()
         if event[0] == "eof":
-            self._events.put(event)  # stays at EOF for later callers
+            self._signals.put(event)  # stays at EOF for later callers
+            self._ready.release()
         return event
 
     def wake(self) -> None:
-        self._events.put(("wake", None))
+        self._signals.put(("wake", None))
+        self._ready.release()
+
+    def close(self) -> None:
+        """Stop reading (the thread ends at its next line or within half a second of a full
+        queue) and make a waiting or later :meth:`next_event` return EOF."""
+        self._closed = True
+        self._signals.put(("eof", None))
+        self._ready.release()
 
 
 def open_reader(stream: IO[bytes], limits: MessageLimits, split: Splitter | None = None) -> MessageReader:

@@ -41,14 +41,17 @@ class ToolQueue:
         return self._running
 
     def submit(self, exec_id: str, job: Job) -> bool:
-        """Queue ``job`` for the execute ``exec_id``; False (and nothing queued) when full or closed."""
+        """Queue ``job`` for the execute ``exec_id``; False (and nothing queued) when closed, or
+        when ``capacity`` calls already wait beyond what free or startable workers will take."""
         with self._lock:
-            if self._closed or len(self._waiting) >= self._capacity:
+            free = self._idle + self._concurrency - self._threads
+            if self._closed or len(self._waiting) >= self._capacity + free:
                 return False
             self._waiting.append((exec_id, job))
             if self._idle:
                 self._work.notify()
-            elif self._threads < self._concurrency:
+            # An idle worker counts as idle until it wakes: start more while calls outnumber them.
+            if len(self._waiting) > self._idle and self._threads < self._concurrency:
                 self._threads += 1
                 threading.Thread(target=self._serve, name=f"sandboxkit-tool-{self._name}", daemon=True).start()
             return True

@@ -184,10 +184,10 @@ def bind_tool_call(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, An
     names = _plain_parameters(fn, signature)
     if names is not None and len(args) <= len(names) and not kwargs.keys() & names[: len(args)]:
         # Plain parameters: positions name them; whatever is missing or unknown the call reports.
-        bound = dict(zip(names, args))
-        if kwargs.keys() <= set(names) and len(bound) + len(kwargs) == len(names):
-            bound.update(kwargs)
-            return [], bound
+        if kwargs.keys() <= set(names) and len(args) + len(kwargs) == len(names):
+            # In parameter order, as Signature.bind gives them.
+            positional = len(args)
+            return [], {name: args[i] if i < positional else kwargs[name] for i, name in enumerate(names)}
     bound = signature.bind(*args, **kwargs)
     call_args: list[Any] = []
     call_kwargs: dict[str, Any] = {}

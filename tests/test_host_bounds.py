@@ -177,3 +177,110 @@ def test_a_reader_that_went_away_marks_the_outbox_broken() -> None:
     assert outbox.broken
     outbox.close()
     stream.close()
+
+
+def test_an_unterminated_string_costs_linear_time() -> None:
+    from sandboxkit.conformance.suite import bounded
+
+    line = b"{" * 101 + b'"' + b'\\"' * 200_000  # quadratic scanning took minutes on this
+    with pytest.raises(Violation):
+        bounded(lambda: decode(line, MessageLimits()), 30)
+
+
+def test_lines_that_are_not_utf8_are_refused_before_decoding() -> None:
+    flood = '{"type":"result","s":"\\"","x":[' + "{}," * 20_000 + '{}],"y":""}'
+    with pytest.raises(Violation, match="not JSON"):
+        decode(flood.encode("utf-16-le"), LIMITS)  # json.loads alone would take UTF-16
+
+
+def test_calls_arriving_before_an_idle_worker_wakes_still_run_at_once() -> None:
+    queue = ToolQueue(concurrency=16, capacity=16, name="test")
+    warm = threading.Event()
+    assert queue.submit("x", warm.set)  # leaves one idle worker behind
+    assert warm.wait(10)
+    time.sleep(0.1)
+    barrier = threading.Barrier(8, timeout=10)
+    met: list[bool] = []
+
+    def meet() -> None:
+        try:
+            barrier.wait()
+            met.append(True)
+        except threading.BrokenBarrierError:
+            met.append(False)
+
+    for _ in range(8):
+        assert queue.submit("x", meet)
+    deadline = time.monotonic() + 15
+    while len(met) < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert met == [True] * 8, "calls that wait for each other did not all run at once"
+
+
+def test_no_waiting_room_still_runs_calls_on_free_workers() -> None:
+    queue = ToolQueue(concurrency=2, capacity=0, name="test")
+    done = threading.Event()
+    assert queue.submit("x", done.set)
+    assert done.wait(10)
+
+
+def test_a_reader_without_a_descriptor_holds_a_bounded_number_of_messages() -> None:
+    from sandboxkit.streams import ThreadedReader
+
+    read_end, write_end = os.pipe()
+    source = os.fdopen(read_end, "rb")
+
+    class NoDescriptor:
+        def readline(self, limit: int) -> bytes:
+            return source.readline(limit)
+
+    def flood() -> None:
+        sink = os.fdopen(write_end, "wb")
+        try:
+            for _ in range(20_000):
+                sink.write(b'{"type":"x","pad":"' + b"a" * 1000 + b'"}\n')
+            sink.close()
+        except (BrokenPipeError, ValueError):
+            pass  # the test closed the reading end: done
+
+    threading.Thread(target=flood, daemon=True).start()
+    reader = ThreadedReader(NoDescriptor(), LIMITS)
+    time.sleep(0.5)
+    assert reader._events.qsize() <= ThreadedReader.DEPTH
+    assert reader.next_event(time.monotonic() + 5)[0] == "message"
+    reader.close()
+    assert reader.next_event(None) == ("eof", None)
+    source.close()
+
+
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [((1, 2, 3), {}), ((1,), {"c": 3, "b": 2}), ((), {"c": 3, "a": 1, "b": 2}), ((1, 2), {}), ((1, 2, 3, 4), {})],
+)
+def test_binding_tool_arguments_gives_what_signature_bind_gives(args: tuple, kwargs: dict) -> None:
+    import inspect
+
+    from sandboxkit.values import bind_tool_call
+
+    def tool(a, b, c=30):  # type: ignore[no-untyped-def]
+        return a, b, c
+
+    try:
+        expected = inspect.signature(tool).bind(*args, **kwargs).arguments
+    except TypeError:
+        with pytest.raises(TypeError):
+            bind_tool_call(tool, list(args), dict(kwargs))
+        return
+    call_args, call_kwargs = bind_tool_call(tool, list(args), dict(kwargs))
+    assert call_args == [] and list(call_kwargs.items()) == list(expected.items())
+
+
+def test_a_large_reply_the_sandbox_is_reading_does_not_end_the_session() -> None:
+    import sandboxkit
+
+    interp = sandboxkit.interpreter("subprocess", max_message_bytes=1 << 20)
+    interp.tools["fetch"] = lambda: "r" * 3_000_000
+    try:
+        assert interp.execute("len(fetch()) + len(fetch())") == 6_000_000
+    finally:
+        interp.shutdown()
