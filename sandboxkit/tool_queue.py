@@ -9,6 +9,7 @@ back the waiting calls of an execute that has ended, so none of them starts afte
 
 from __future__ import annotations
 
+import _thread
 import collections
 import threading
 from typing import Callable
@@ -16,6 +17,17 @@ from typing import Callable
 __all__ = ["ToolQueue"]
 
 Job = Callable[[], None]
+
+
+class _Worker:
+    """A parked worker thread: it sleeps on ``wake`` until it is handed ``job`` (None: stop)."""
+
+    __slots__ = ("job", "wake")
+
+    def __init__(self) -> None:
+        self.job: Job | None = None
+        self.wake = _thread.allocate_lock()
+        self.wake.acquire()
 
 
 class ToolQueue:
@@ -28,10 +40,9 @@ class ToolQueue:
         self._capacity = capacity
         self._name = name
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
         self._waiting: collections.deque[tuple[str, Job]] = collections.deque()
+        self._idle: list[_Worker] = []
         self._threads = 0
-        self._idle = 0
         self._running = 0
         self._closed = False
 
@@ -44,14 +55,17 @@ class ToolQueue:
         """Queue ``job`` for the execute ``exec_id``; False (and nothing queued) when closed, or
         when ``capacity`` calls already wait beyond what free or startable workers will take."""
         with self._lock:
-            free = self._idle + self._concurrency - self._threads
+            free = len(self._idle) + self._concurrency - self._threads
             if self._closed or len(self._waiting) >= self._capacity + free:
                 return False
+            if self._idle and not self._waiting:  # hand it straight to a parked worker
+                worker = self._idle.pop()
+                worker.job = job
+                self._running += 1
+                worker.wake.release()
+                return True
             self._waiting.append((exec_id, job))
-            if self._idle:
-                self._work.notify()
-            # An idle worker counts as idle until it wakes: start more while calls outnumber them.
-            if len(self._waiting) > self._idle and self._threads < self._concurrency:
+            if self._threads < self._concurrency:
                 self._threads += 1
                 threading.Thread(target=self._serve, name=f"sandboxkit-tool-{self._name}", daemon=True).start()
             return True
@@ -70,22 +84,36 @@ class ToolQueue:
             self._closed = True
             taken = [job for _, job in self._waiting]
             self._waiting.clear()
-            self._work.notify_all()
+            for worker in self._idle:
+                worker.job = None
+                worker.wake.release()
+            self._idle.clear()
             return taken
 
     def _serve(self) -> None:
+        worker = _Worker()
         while True:
             with self._lock:
-                self._idle += 1
-                while not self._waiting and not self._closed:
-                    if not self._work.wait(self.IDLE_SECONDS) and not self._waiting:
-                        break
-                self._idle -= 1
-                if not self._waiting:
+                if self._waiting:
+                    _, job = self._waiting.popleft()
+                    self._running += 1
+                elif self._closed:
                     self._threads -= 1
                     return
-                _, job = self._waiting.popleft()
-                self._running += 1
+                else:
+                    self._idle.append(worker)
+                    job = None
+            if job is None:
+                if not worker.wake.acquire(True, self.IDLE_SECONDS):
+                    with self._lock:
+                        if worker in self._idle:  # nobody handed it anything: let the thread go
+                            self._idle.remove(worker)
+                            self._threads -= 1
+                            return
+                    worker.wake.acquire()  # handed a job just as the wait ran out
+                job, worker.job = worker.job, None
+                if job is None:
+                    continue  # woken by close()
             try:
                 job()
             finally:
