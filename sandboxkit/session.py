@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from sandboxkit import protocol
 from sandboxkit.backend import Backend, SandboxProcess
@@ -110,14 +110,7 @@ class DriverSession:
                 f"the sandbox did not start the driver within {self._options.start_timeout:g}s "
                 f"(raise the 'start_timeout' option if the backend is slow to start){self._stderr_note()}"
             )
-        if kind in ("eof", "wake"):
-            self._raise_died("during start-up")
-        if kind == "violation":
-            self._fail_protocol(payload)
-        try:
-            hello = protocol.validate(payload)
-        except protocol.Violation as exc:
-            self._fail_protocol(str(exc))
+        hello = self._message("eof" if kind == "wake" else kind, payload, "during start-up")
         if hello["type"] != "hello":
             self._fail_protocol(f"expected the driver's hello first, got {hello['type']!r}")
         if hello["protocol"] != protocol.PROTOCOL_VERSION:
@@ -207,14 +200,7 @@ class DriverSession:
                     )
                 if kind == "wake":
                     continue
-                if kind == "eof":
-                    self._raise_died("during execute")
-                if kind == "violation":
-                    self._fail_protocol(payload)
-                try:
-                    message = protocol.validate(payload)
-                except protocol.Violation as exc:
-                    self._fail_protocol(str(exc))
+                message = self._message(kind, payload, "during execute")
                 if message["type"] == "tool_call":
                     self._accept_tool_call(message, exec_id, run_tool, caller)
                     self._check_backlog(backlog_limit)
@@ -311,6 +297,18 @@ class DriverSession:
                 self._reader.wake()
 
     # -- plumbing -------------------------------------------------------------------------
+    def _message(self, kind: str, payload: Any, when: str) -> dict[str, Any]:
+        """The validated message a reader event carries; for "eof" or a violation, end the
+        session and raise (SandboxDiedError, ProtocolError)."""
+        if kind == "eof":
+            self._raise_died(when)
+        if kind == "violation":
+            self._fail_protocol(payload)
+        try:
+            return protocol.validate(payload)
+        except protocol.Violation as exc:
+            self._fail_protocol(str(exc))
+
     def _next_event(self, deadline: float | None) -> tuple[str, Any]:
         assert self._reader is not None
         return self._reader.next_event(deadline)
@@ -346,7 +344,7 @@ class DriverSession:
         tail = self.stderr_tail()
         return f"\nSandbox stderr (last lines):\n{tail}" if tail else ""
 
-    def _raise_died(self, when: str) -> None:
+    def _raise_died(self, when: str) -> NoReturn:
         process = self._process
         code = process.wait(2.0) if process is not None else None
         self._stderr_done.wait(1.0)
@@ -360,7 +358,7 @@ class DriverSession:
             stderr_tail=tail,
         )
 
-    def _fail_protocol(self, detail: str) -> None:
+    def _fail_protocol(self, detail: str) -> NoReturn:
         self.close()
         raise ProtocolError(
             f"the sandbox broke the driver protocol ({detail}); the session was ended rather than "
