@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Mapping
 
 __all__ = ["BOOT", "HOST", "LABEL_PREFIX", "MARKER", "PID", "PID_NAMESPACE", "SESSION", "STARTED",
-           "owner_is_gone", "owner_labels"]
+           "owner_is_gone", "owner_labels", "process_start_time"]
 
 LABEL_PREFIX = "sandboxkit."
 MARKER = LABEL_PREFIX + "managed"
@@ -35,8 +35,9 @@ def _boot_id() -> str:
         return ""
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), or None if it is not running."""
+def process_start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), "" when it cannot be read, or
+    None when no such process runs (a zombie has ended: it only waits to be reaped)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
@@ -46,6 +47,8 @@ def _start_time(pid: int) -> str | None:
         return ""
     # The command name (field 2) may hold spaces or parentheses: split after its closing ')'.
     fields = stat[stat.rfind(")") + 2 :].split()
+    if fields and fields[0] in ("Z", "X"):
+        return None
     return fields[19] if len(fields) > 19 else ""
 
 
@@ -59,7 +62,7 @@ def _pid_namespace() -> str:
 @lru_cache(maxsize=1)
 def _this_process() -> tuple[str, str, str, str, str]:
     pid = os.getpid()
-    return socket.gethostname(), _boot_id(), str(pid), _start_time(pid) or "", _pid_namespace()
+    return socket.gethostname(), _boot_id(), str(pid), process_start_time(pid) or "", _pid_namespace()
 
 
 def owner_labels(session: str | None = None) -> dict[str, str]:
@@ -92,7 +95,7 @@ def owner_is_gone(labels: Mapping[str, str]) -> bool:
         pid = int(labels.get(PID, ""))
     except ValueError:
         return False
-    started = _start_time(pid)
+    started = process_start_time(pid)
     if started is None:
         try:
             os.kill(pid, 0)

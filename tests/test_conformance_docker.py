@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from docker_support import engine_problem, in_ci, no_leaked_containers  # noqa: F401  (fixture)
-from sandboxkit.conformance import dspy_suite_class, hostile, suite
+from sandboxkit.conformance import dspy_suite_class, hostile, orphans, suite
 
 pytestmark = [pytest.mark.usefixtures("no_leaked_containers")]
 if engine_problem() is not None and not in_ci():
@@ -93,6 +93,10 @@ class TestUserCodeAbuse(DockerSettings, hostile.UserCodeAbuseSuite):
     pass
 
 
+class TestOrphans(DockerSettings, orphans.OrphanSuite):
+    pass
+
+
 _DSPySuite = dspy_suite_class()
 
 if _DSPySuite is not None:
@@ -151,4 +155,8 @@ class TestAttachToolAbuse(AttachSettings, hostile.ToolAbuseSuite):
 
 
 class TestAttachUserCodeAbuse(AttachSettings, hostile.UserCodeAbuseSuite):
+    pass
+
+
+class TestAttachOrphans(AttachSettings, orphans.OrphanSuite):
     pass

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sandboxkit.conformance import dspy_suite_class, hostile, suite
+from sandboxkit.conformance import dspy_suite_class, hostile, orphans, suite
 from sandboxkit.conformance.plugin import in_ci
 
 if not in_ci():
@@ -112,6 +112,10 @@ class TestToolAbuse(ModalSettings, hostile.ToolAbuseSuite):
 
 
 class TestUserCodeAbuse(ModalSettings, hostile.UserCodeAbuseSuite):
+    pass
+
+
+class TestOrphans(ModalSettings, orphans.OrphanSuite):
     pass
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sandboxkit.conformance import hostile, suite
+from sandboxkit.conformance import hostile, orphans, suite
 from sandboxkit.errors import CodeInterpreterError, SandboxDiedError
 
 
@@ -82,6 +82,10 @@ class TestToolAbuse(SubprocessSettings, hostile.ToolAbuseSuite):
 
 
 class TestUserCodeAbuse(SubprocessSettings, hostile.UserCodeAbuseSuite):
+    pass
+
+
+class TestOrphans(SubprocessSettings, orphans.OrphanSuite):
     pass
 
 

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import pytest
 
 from sandboxkit.conformance.suite import SuiteBase, bounded
+from sandboxkit.ownership import process_start_time
 
 __all__ = ["HOST_SCRIPT", "OrphanSuite"]
 
@@ -80,17 +81,6 @@ HOST_SCRIPT = textwrap.dedent("""
     interp.execute(spin_code)
     print("the endless code returned", flush=True)
 """)
-
-
-def _start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat; None when no such process runs (a zombie does not run)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _own_pid_namespace() -> str | None:
@@ -164,7 +154,7 @@ class OrphanSuite(SuiteBase):
         deadline = time.monotonic() + self.orphan_limit
         seen: list[str] = []
         while True:
-            if local and _start_time(int(pid)) != started:  # type: ignore[arg-type]
+            if local and process_start_time(int(pid)) != started:  # type: ignore[arg-type]
                 return None  # (B)
             seen = _gc(name, dry_run=True)
             if any(names_host.search(line) for line in seen):  # (A)
@@ -188,7 +178,7 @@ class OrphanSuite(SuiteBase):
     def _clean_up(name: str, identity: dict[str, Any]) -> None:
         """After a failure: kill the sandbox process if it is ours to see, and run gc."""
         pid, started = identity.get("pid"), identity.get("start")
-        if pid and started and identity.get("pid_ns") == _own_pid_namespace() and _start_time(int(pid)) == started:
+        if pid and started and identity.get("pid_ns") == _own_pid_namespace() and process_start_time(int(pid)) == started:
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except OSError:
