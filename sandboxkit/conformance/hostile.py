@@ -269,16 +269,21 @@ class ForgedMessageSuite(SuiteBase):
         assert outcome and isinstance(outcome[0], CodeInterpreterError), f"execute ended with {outcome!r}"
 
     def _flood_then_spin(self, count: int) -> str:
+        # Interrupts are swallowed from the start: on a slow channel the timeout may come while
+        # the calls are still being written, and the attack must not end there either.
         return code(f"""
             import json, os, time
             _ids = hostile_execute_ids()
             payload = "p" * (1 << 20)
-            for number in range({count}):
-                hostile_forge(json.dumps({{"type": "tool_call", "id": os.urandom(12).hex(), "exec": _ids[0],
-                                          "name": "echo", "args": [payload], "kwargs": {{}}}}) + "\\n")
             end = time.monotonic() + {self.attack_lifetime}
+            sent = 0
             while time.monotonic() < end:
                 try:
+                    while sent < {count}:
+                        sent += 1
+                        hostile_forge(json.dumps({{"type": "tool_call", "id": os.urandom(12).hex(),
+                                                  "exec": _ids[0], "name": "echo", "args": [payload],
+                                                  "kwargs": {{}}}}) + "\\n")
                     while time.monotonic() < end:
                         pass
                 except BaseException:
