@@ -82,11 +82,6 @@ class Outbox:
                 self._start_writer()
                 self._ready.notify()
 
-    @property
-    def drained(self) -> bool:
-        """Everything sent has been written."""
-        return not self._backlog
-
     def close(self) -> None:
         """Stop writing and release the descriptor (the sandbox's input then ends, once the
         backend lets go of its own end); what is still queued is dropped. Never blocks."""
